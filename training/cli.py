@@ -1,0 +1,28 @@
+"""The `sepsis-rl` command line: one root app; each capability adds its commands here.
+
+Library code raises; this layer prints, shows progress and chooses exit codes.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from data_prep.cli import data_app
+
+app = typer.Typer(
+    name="sepsis-rl",
+    help="Learn and check treatment strategies for ICU patients with sepsis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+
+
+def main() -> None:
+    """Entry point of the `sepsis-rl` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
