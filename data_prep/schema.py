@@ -100,15 +100,27 @@ SPECS: dict[str, VariableSpec] = {
         _v("Calcium", "L", "mg/dL", 1, 27.9, 7.56, 2.43, 8.3, 7.7, 8.8, 95.0, 93.2),
         _v("Chloride", "L", "mmol/L", 26, 145, 105.8, 5.9, 106, 102, 109, 91.7, 99.4),
         _v("Creatinine", "L", "mg/dL", 0.1, 46.6, 1.51, 1.81, 0.93, 0.7, 1.41, 93.4, 94.5, True),
-        _v("Bilirubin_direct", "L", "mg/dL", 0.01, 37.5, 1.84, 3.69, 0.4, 0.2, 1.7, 99.9, 99.8,
-           True),
+        _v(
+            "Bilirubin_direct",
+            "L",
+            "mg/dL",
+            0.01,
+            37.5,
+            1.84,
+            3.69,
+            0.4,
+            0.2,
+            1.7,
+            99.9,
+            99.8,
+            True,
+        ),
         _v("Glucose", "L", "mg/dL", 10, 988, 137, 51, 126.5, 106, 153, 87.8, 77.8, skewed=True),
         _v("Lactate", "L", "mmol/L", 0.2, 31, 2.65, 2.53, 1.8, 1.27, 3.0, 96.6, 98.1, skewed=True),
         _v("Magnesium", "L", "mg/dL", 0.2, 9.8, 2.05, 0.40, 2.0, 1.8, 2.2, 92.2, 95.2),
         _v("Phosphate", "L", "mg/dL", 0.2, 18.8, 3.54, 1.42, 3.3, 2.6, 4.1, 95.0, 97.1, True),
         _v("Potassium", "L", "mmol/L", 1, 27.5, 4.14, 0.64, 4.1, 3.7, 4.4, 89.1, 92.3),
-        _v("Bilirubin_total", "L", "mg/dL", 0.1, 49.6, 2.11, 4.31, 0.8, 0.5, 1.6, 98.8, 98.2,
-           True),
+        _v("Bilirubin_total", "L", "mg/dL", 0.1, 49.6, 2.11, 4.31, 0.8, 0.5, 1.6, 98.8, 98.2, True),
         _v("TroponinI", "L", "ng/mL", 0.01, 440, 8.3, 24.8, 0.3, 0.04, 4.0, 99.9, 98.2, True),
         _v("Hct", "L", "%", 5.5, 71.7, 30.8, 5.5, 30.3, 27, 34.1, 88.2, 94.2),
         _v("Hgb", "L", "g/dL", 2.2, 32, 10.4, 2.0, 10.3, 9.1, 11.7, 91.2, 94.1),
@@ -137,7 +149,9 @@ LABEL1_VITAL_MEDIANS: dict[str, tuple[float, float, float]] = {
 }
 """Median [IQR] of vitals over rows labelled 1 (reference, section 3)."""
 
-# Set membership from the file id (reference, section 1): set A ids are 1-20643, set B 100001-120000.
+AGE_90_PLUS_CODE = 100  # set B writes ages of 90 and over as 100 (reference, section 1)
+
+# Set membership from the file id (reference, section 1): A is 1-20643, B is 100001-120000.
 SET_A_MAX_ID = 20_643
 SET_B_MIN_ID = 100_001
 SET_B_MAX_ID = 120_000

@@ -1,0 +1,63 @@
+"""The environment cohort: each septic patient's state at the start of the label window.
+
+The reinforcement-learning environment starts an episode from one of these rows. The state is taken
+at the first hour labelled 1 (t_sepsis - 6 h), with each vital carried forward from the patient's
+last observation and, when never observed, filled with the training patients' median. Values
+outside the reference's plausibility envelope are clipped to it (IQR clipping would erase exactly
+the shock states the environment is about).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from data_prep.cleaning import PatientImputer, age_in_years
+from data_prep.schema import LABEL, PATIENT, SPECS
+from data_prep.split import patient_labels, split_patients
+from data_prep.synth import generate_cohort
+
+ENV_VITALS: tuple[str, ...] = ("HR", "O2Sat", "Temp", "SBP", "MAP", "DBP", "Resp", "Lactate")
+ENV_COLUMNS: tuple[str, ...] = (PATIENT, "split", "source", "Age", "Gender", *ENV_VITALS)
+DEFAULT_BUILTIN_PATIENTS = 3000
+ADULT_AGE_YEARS = 18.0  # the environment models adult ICU patients; set B has a few under 18
+
+
+def build_env_cohort(hourly: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """One row per adult septic patient with the columns `ENV_COLUMNS`.
+
+    `split` is the saved patient split (`patient_id`, `split`, `label`); the fallback medians are
+    fitted on the training patients' rows only.
+    """
+    split_of = split.set_index(PATIENT)["split"]
+    rows_split = hourly[PATIENT].map(split_of)
+    if rows_split.isna().any():
+        missing = hourly.loc[rows_split.isna(), PATIENT].iloc[0]
+        raise ValueError(f"patient {missing} is in the hourly table but not in the split")
+    vitals = hourly[[PATIENT, *ENV_VITALS]].copy()
+    for name in ENV_VITALS:
+        vitals[name] = vitals[name].clip(SPECS[name].lo, SPECS[name].hi)
+    imputer = PatientImputer(columns=ENV_VITALS).fit(vitals[(rows_split == "train").to_numpy()])
+    first_label = (hourly[LABEL] == 1) & (hourly.groupby(PATIENT, sort=False)[LABEL].cumsum() == 1)
+    state = imputer.transform(vitals).loc[first_label.to_numpy()]
+    start = hourly.loc[first_label.to_numpy()]
+    cohort = pd.DataFrame(
+        {
+            PATIENT: start[PATIENT].to_numpy(),
+            "split": start[PATIENT].map(split_of).to_numpy(),
+            "source": "real",
+            "Age": age_in_years(start["Age"]),
+            "Gender": start["Gender"].to_numpy().astype(np.int8),
+        }
+    )
+    for name in ENV_VITALS:
+        cohort[name] = state[name].to_numpy(dtype=float)
+    return cohort[cohort["Age"] >= ADULT_AGE_YEARS].reset_index(drop=True)
+
+
+def builtin_env_cohort(n_patients: int = DEFAULT_BUILTIN_PATIENTS, seed: int = 0) -> pd.DataFrame:
+    """The environment's default cohort: `n_patients` synthetic septic stays from the generator,
+    split 70/15/15 by patient, as `build_env_cohort` returns it. Deterministic for a seed."""
+    hourly = generate_cohort(n_patients, seed=seed, septic_fraction=1.0)
+    split = split_patients(patient_labels(hourly), seed=seed)
+    return build_env_cohort(hourly, split)
