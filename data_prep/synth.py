@@ -130,7 +130,8 @@ def generate_cohort(
 
 def _draw_stays(n: int, septic_fraction: float | None, rng: np.random.Generator) -> dict:
     share_a = SET_A_PATIENTS / (SET_A_PATIENTS + SET_B_PATIENTS)
-    sets = np.where(rng.random(n) < share_a, "A", "B")
+    # Set A stays first, then set B, as the files sort in the real release.
+    sets = np.where(np.arange(n) < rng.binomial(n, share_a), "A", "B")
     is_b = sets == "B"
     prevalence = np.where(is_b, SEPTIC_FRACTION["B"], SEPTIC_FRACTION["A"])
     if septic_fraction is not None:

@@ -1,0 +1,42 @@
+"""Shared fixtures: small cohorts the project generates itself (never copies of real files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Ray must bind to loopback only on these machines (see the README's Ray section).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.fixture(scope="session")
+def small_cohort():
+    """A 600-stay synthetic cohort as a canonical table (about 7% septic)."""
+    from data_prep.synth import generate_cohort
+
+    return generate_cohort(600, seed=11)
+
+
+@pytest.fixture(scope="session")
+def small_psv_dir(tmp_path_factory, small_cohort) -> Path:
+    """The small cohort written as .psv files in the release's folder layout."""
+    from data_prep.synth import write_psv_files
+
+    out = tmp_path_factory.mktemp("psv")
+    write_psv_files(small_cohort, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory) -> Path:
+    """`data prepare` output for a 3,000-stay synthetic cohort."""
+    from data_prep.prepare import prepare
+    from data_prep.synth import generate_cohort, write_psv_files
+
+    raw = tmp_path_factory.mktemp("raw3k")
+    write_psv_files(generate_cohort(3000, seed=5), raw)
+    out = tmp_path_factory.mktemp("prepared3k")
+    prepare(raw, out)
+    return out

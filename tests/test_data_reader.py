@@ -1,0 +1,199 @@
+"""The reader: every accepted input kind, and every malformed input with the message it gives."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from data_prep.reader import DataFormatError, read_cohort
+from data_prep.schema import HEADER, HEADER_LINE, PATIENT
+from training.cli import app
+
+SHARED_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED_SAMPLE = SHARED_SAMPLE / "physionet2019_sample"
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _first_file(folder: Path) -> Path:
+    return sorted(folder.rglob("*.psv"))[0]
+
+
+def _rewrite_line(path: Path, line_no: int, edit) -> None:
+    lines = path.read_text().split("\n")
+    lines[line_no - 1] = edit(lines[line_no - 1])
+    path.write_text("\n".join(lines))
+
+
+def _set_field(line: str, column: str, value: str) -> str:
+    fields = line.split("|")
+    fields[HEADER.index(column)] = value
+    return "|".join(fields)
+
+
+def test_round_trip_synth_files_read_back_to_the_same_values(small_cohort, small_psv_dir):
+    table = read_cohort(small_psv_dir).table.to_pandas()
+    assert list(table.columns) == list(small_cohort.columns)
+    assert len(table) == len(small_cohort)
+    for name in small_cohort.columns:
+        got, want = table[name].to_numpy(), small_cohort[name].to_numpy()
+        if want.dtype.kind == "f":
+            np.testing.assert_array_equal(got.astype(float), want, err_msg=name)
+        else:
+            assert (got == want).all(), name
+
+
+def test_canonical_dtypes(small_psv_dir):
+    schema = read_cohort(small_psv_dir).table.schema
+    assert str(schema.field("ICULOS").type) == "int32"
+    assert str(schema.field("SepsisLabel").type) == "int8"
+    assert str(schema.field("Gender").type) == "int8"
+    assert str(schema.field("HR").type) == "double"
+    assert set(read_cohort(small_psv_dir).table.column("set").to_pylist()) == {"A", "B"}
+
+
+def test_zip_csv_and_parquet_inputs_give_the_same_table(small_psv_dir, tmp_path):
+    reference = read_cohort(small_psv_dir).table.to_pandas()
+    archive = tmp_path / "cohort.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(small_psv_dir.rglob("*.psv")):
+            zf.write(f, f.relative_to(small_psv_dir).as_posix())
+    from_zip = read_cohort(archive).table.to_pandas()
+    pd.testing.assert_frame_equal(from_zip, reference)
+
+    # The consolidated CSV that circulates: an unnamed index, Hour, the .psv columns, Patient_ID.
+    csv = reference.drop(columns=["set"]).copy()
+    csv.insert(0, "Hour", csv.groupby(PATIENT).cumcount())
+    csv["Patient_ID"] = csv.pop(PATIENT).str[1:].astype(int)
+    csv.to_csv(tmp_path / "Dataset.csv", index=True)
+    from_csv = read_cohort(tmp_path / "Dataset.csv").table.to_pandas()
+    pd.testing.assert_frame_equal(from_csv, reference)
+
+    pq.write_table(read_cohort(small_psv_dir).table, tmp_path / "hourly.parquet")
+    from_parquet = read_cohort(tmp_path / "hourly.parquet").table.to_pandas()
+    pd.testing.assert_frame_equal(from_parquet, reference)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda p: _rewrite_line(p, 1, lambda s: s.replace("HR|", "Heart|", 1)),
+            r"line 1, column 1 \(HR\): header has 'Heart', expected 'HR'",
+        ),
+        (
+            lambda p: _rewrite_line(p, 3, lambda s: s.rsplit("|", 1)[0]),
+            r"line 3: 40 fields separated by '\|', expected 41",
+        ),
+        (
+            lambda p: _rewrite_line(p, 4, lambda s: _set_field(s, "SBP", "12O")),
+            r"line 4, column 4 \(SBP\): '12O' is not a number or NaN",
+        ),
+        (
+            lambda p: _rewrite_line(p, 5, lambda s: _set_field(s, "ICULOS", "999")),
+            r"line 5, column 40 \(ICULOS\): ICULOS goes from \d+ to 999; expected \d+",
+        ),
+        (
+            lambda p: _rewrite_line(p, 6, lambda s: _set_field(s, "Age", "12.5")),
+            r"line 6, column 35 \(Age\): Age changes within the stay from [\d.]+ to 12.5",
+        ),
+        (
+            lambda p: _rewrite_line(p, 3, lambda s: _set_field(s, "SepsisLabel", "2")),
+            r"line 3, column 41 \(SepsisLabel\): SepsisLabel is 2.0; expected 0 or 1",
+        ),
+        (
+            lambda p: p.write_text(HEADER_LINE + "\n"),
+            r"line 2: no data rows after the header",
+        ),
+        (lambda p: p.write_text(""), r"line 1: empty file"),
+        (
+            lambda p: p.write_text(p.read_text().replace("|SepsisLabel", "", 1)),
+            r"line 1: header has no SepsisLabel column",
+        ),
+    ],
+    ids=["header", "columns", "token", "iculos", "static", "label", "header-only", "empty",
+         "unlabelled"],  # fmt: skip
+)
+def test_malformed_file_names_file_line_and_column(small_psv_dir, tmp_path, edit, expected):
+    data = _copy(small_psv_dir, tmp_path)
+    bad = _first_file(data)
+    edit(bad)
+    with pytest.raises(DataFormatError, match=expected) as info:
+        read_cohort(data)
+    assert str(bad) in str(info.value)
+
+    result = read_cohort(data, skip_bad=True)
+    assert [s.path for s in result.skipped] == [str(bad)]
+    patients = set(result.table.column(PATIENT).to_pylist())
+    assert bad.stem not in patients
+    assert len(patients) == len(list(data.rglob("*.psv"))) - 1
+
+
+def test_duplicate_patient_ids_across_folders(small_psv_dir, tmp_path):
+    data = _copy(small_psv_dir, tmp_path)
+    original = _first_file(data)
+    twin = data / "extra" / original.name
+    twin.parent.mkdir()
+    shutil.copy(original, twin)
+    with pytest.raises(DataFormatError, match=f"duplicate patient id {original.stem}"):
+        read_cohort(data)
+    assert len(read_cohort(data, skip_bad=True).skipped) == 1
+
+
+def test_empty_input(tmp_path):
+    with pytest.raises(DataFormatError, match="empty input: no .psv files"):
+        read_cohort(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_cohort(tmp_path / "nowhere")
+
+
+def test_implausible_values_are_counted_not_dropped(small_psv_dir, tmp_path):
+    data = _copy(small_psv_dir, tmp_path)
+    target = _first_file(data)
+    _rewrite_line(target, 3, lambda s: _set_field(s, "HR", "400"))
+    result = read_cohort(data)
+    assert result.implausible["HR"] == 1
+    hr = result.table.to_pandas().query("patient_id == @target.stem")["HR"]
+    assert (hr == 400).sum() == 1
+
+
+def test_cli_bad_input_exits_nonzero_and_writes_nothing(small_psv_dir, tmp_path):
+    data = _copy(small_psv_dir, tmp_path)
+    bad = _first_file(data)
+    _rewrite_line(bad, 4, lambda s: _set_field(s, "HR", "abc"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["data", "prepare", "--input", str(data), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "'abc' is not a number" in result.output and bad.name in result.output
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+    ok = CliRunner().invoke(
+        app, ["data", "prepare", "--input", str(data), "--out", str(out), "--skip-bad"]
+    )
+    assert ok.exit_code == 0, ok.output
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert [s["path"] for s in report["skipped"]] == [str(bad)]
+
+
+@pytest.mark.skipif(not SHARED_SAMPLE.is_dir(), reason="the shared real sample is not present")
+def test_reads_the_real_physionet_sample_files():
+    result = read_cohort(SHARED_SAMPLE)
+    table = result.table.to_pandas()
+    assert result.n_files == 14 and not result.skipped
+    assert len(table) == 705 - 14  # 705 lines in all, one header per file
+    assert table.groupby(PATIENT)["SepsisLabel"].max().sum() == 2
+    assert set(table["set"]) == {"A"}
