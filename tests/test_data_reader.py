@@ -122,8 +122,17 @@ def test_zip_csv_and_parquet_inputs_give_the_same_table(small_psv_dir, tmp_path)
             r"line 1: header has no SepsisLabel column",
         ),
     ],
-    ids=["header", "columns", "token", "iculos", "static", "label", "header-only", "empty",
-         "unlabelled"],  # fmt: skip
+    ids=[
+        "header",
+        "columns",
+        "token",
+        "iculos",
+        "static",
+        "label",
+        "header-only",
+        "empty",
+        "unlabelled",
+    ],  # fmt: skip
 )
 def test_malformed_file_names_file_line_and_column(small_psv_dir, tmp_path, edit, expected):
     data = _copy(small_psv_dir, tmp_path)

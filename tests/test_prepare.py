@@ -42,7 +42,9 @@ def test_no_patient_in_two_splits_and_splits_are_stratified(prepared_dir):
 
 
 def test_split_is_seeded():
-    labels = pd.Series(np.r_[np.zeros(90), np.ones(10)].astype(int), index=[f"p{i}" for i in range(100)])
+    labels = pd.Series(
+        np.r_[np.zeros(90), np.ones(10)].astype(int), index=[f"p{i}" for i in range(100)]
+    )
     a, b = split_patients(labels, seed=1), split_patients(labels, seed=1)
     pd.testing.assert_frame_equal(a, b)
     assert not a["split"].equals(split_patients(labels, seed=2)["split"])

@@ -64,9 +64,7 @@ def test_cohort_matches_reference_figures(cohort):
 
 
 def test_septic_stays_follow_the_label_rule_and_deteriorate(cohort):
-    for _pid, stay in cohort[cohort.groupby(PATIENT)[LABEL].transform("max") == 1].groupby(
-        PATIENT
-    ):
+    for _pid, stay in cohort[cohort.groupby(PATIENT)[LABEL].transform("max") == 1].groupby(PATIENT):
         labels = stay[LABEL].to_numpy()
         first = int(np.argmax(labels))
         assert labels[first:].all(), "label must be one block to the end"

@@ -1,0 +1,32 @@
+# The two Quickstart commands: `make run` (install + main job) and `make test` (install + tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= results/quickstart
+# Ray binds to 127.0.0.1 only when this is set (see the README's Ray section).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: install run test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first: a bare torch requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/sepsis-rl data synth --patients 5000 --seed 0 --out $(OUT)/raw
+	$(BIN)/sepsis-rl data prepare --input $(OUT)/raw --out $(OUT)/prepared
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_ingest.py
