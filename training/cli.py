@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from data_prep.cli import data_app
+from training.cli_rl import register as register_rl
 
 app = typer.Typer(
     name="sepsis-rl",
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+register_rl(app)
 
 
 def main() -> None:

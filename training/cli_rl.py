@@ -1,0 +1,125 @@
+"""`sepsis-rl train | evaluate | recommend`: the command-line layer of the DQN agent.
+
+Only this module prints and chooses exit codes; the work is done in `rl_train` and `rl_eval`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs with YAML-typed values (`lr=1e-3`, `fcnet_hiddens=[64,64]`)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def train_cmd(
+    env: Annotated[str | None, typer.Option(help="Gymnasium id, also module:EnvId-v0.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file with RLOptions fields.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Run directory (metrics, checkpoints).")] = Path(
+        "runs/dqn"
+    ),
+    episodes: Annotated[int | None, typer.Option(help="Budget: training episodes.")] = None,
+    env_steps: Annotated[int | None, typer.Option(help="Budget: sampled env steps.")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Budget: wall seconds.")] = None,
+    num_env_runners: Annotated[int | None, typer.Option(help="Parallel env runners.")] = None,
+    seed: Annotated[int | None, typer.Option(help="The run's seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any RLOptions field: --set lr=1e-3 (repeatable)."),
+    ] = None,
+    sync_to: Annotated[
+        str | None, typer.Option(help="Mirror the run dir to shared storage (s3://, gs://).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
+    ] = None,
+) -> None:
+    """Train the dueling double DQN with prioritized replay on Ray RLlib."""
+    from training.rl_config import load_options
+    from training.rl_train import load_run_options, train
+
+    overrides: dict[str, Any] = _parse_sets(set_ or [])
+    given = {
+        "env": env,
+        "num_env_runners": num_env_runners,
+        "seed": seed,
+        "episodes": episodes,
+        "env_steps": env_steps,
+        "time_budget_s": time_budget,
+    }
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    if any(v is not None for v in (episodes, env_steps, time_budget)):
+        # An explicit budget replaces the default one instead of adding to it.
+        for key in ("episodes", "env_steps", "time_budget_s"):
+            overrides.setdefault(key, None)
+    try:
+        options = load_run_options(out, overrides) if resume else load_options(config, overrides)
+        # `load_options` skips None overrides; an explicit budget clears the other budgets.
+        for key in ("episodes", "env_steps", "time_budget_s"):
+            if key in overrides and overrides[key] is None:
+                setattr(options, key, None)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+    console.print(
+        f"training DQN on [bold]{options.env}[/bold] -> {out} "
+        f"(budget: episodes={options.episodes}, env_steps={options.env_steps}, "
+        f"time={options.time_budget_s}s; env runners={options.num_env_runners})"
+    )
+    table_header = (
+        f"{'iter':>5} {'env steps':>10} {'episodes':>9} {'steps/s':>8} "
+        f"{'return':>9} {'eval':>9} {'loss':>8} {'eps':>5} {'runners':>7}"
+    )
+    console.print(table_header, style="bold")
+
+    def show(m) -> None:
+        console.print(
+            f"{m.iteration:>5} {m.env_steps:>10} {m.episodes:>9} {_fmt(m.steps_per_s, 0):>8} "
+            f"{_fmt(m.episode_return_mean):>9} {_fmt(m.eval_return_mean):>9} "
+            f"{_fmt(m.qf_loss, 3):>8} {m.epsilon:>5.2f} {m.healthy_env_runners:>7}"
+        )
+
+    try:
+        result = train(
+            options, out, resume=resume, on_iteration=show, sync_uri=sync_to, ray_address=address
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print(
+        f"stopped: {result.stop_reason} after {result.iterations} iterations, "
+        f"{result.env_steps} env steps, {result.episodes} episodes, {result.elapsed_s:.0f} s; "
+        f"best eval return {_fmt(result.best_eval_return)}"
+    )
+    console.print(f"last checkpoint: {result.last_checkpoint}")
+    if result.best_checkpoint:
+        console.print(f"best checkpoint: {result.best_checkpoint}")
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train`, `evaluate` and `recommend` to the root `sepsis-rl` app."""
+    app.command("train")(train_cmd)
