@@ -238,9 +238,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "",
         f"- Skipped files: {len(report['skipped'])}"
         + "".join(f"\n  - `{s['path']}`: {s['reason']}" for s in report["skipped"][:20]),
-        f"- Implausible values (outside the reference range, kept): "
-        f"{sum(report['implausible_values'].values())} "
-        f"{report['implausible_values'] or ''}",
+        f"- Implausible values (outside the reference range, counted and kept): "
+        f"{sum(report['implausible_values'].values())}"
+        + "".join(f"; {k} {v}" for k, v in report["implausible_values"].items()),
         f"- Dropped columns (missing > {cleaning['missing_threshold']:.0%} of training rows): "
         f"{', '.join(cleaning['dropped_columns']) or 'none'}",
         f"- Kept measurements: {', '.join(cleaning['kept_measurements'])}",
@@ -261,9 +261,18 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"{windows['excluded_labelled_from_first_hour']}",
         f"- Median feature window: {windows['median_window_hours']['label_0']:g} h (non-septic), "
         f"{windows['median_window_hours']['label_1']:g} h (septic)",
-        f"- Patients with features per split and label: {windows['patients_with_features']}",
-        f"- Environment cohort (septic patients at the start of the label window): "
-        f"{report['env_cohort']}",
+        "- Environment cohort (adult septic patients at the start of the label window): "
+        + ", ".join(f"{k} {v}" for k, v in sorted(report["env_cohort"].items())),
         "",
+        "| split | patients (non-septic / septic) | with features (non-septic / septic) |",
+        "|---|---|---|",
     ]
-    return "\n".join(lines)
+    split, feats = report["split"], windows["patients_with_features"]
+    for name in ("train", "val", "test"):
+        counts = [split.get(k, {}).get(name, 0) for k in (0, 1)]
+        with_features = [feats.get(k, {}).get(name, 0) for k in (0, 1)]
+        lines.append(
+            f"| {name} | {counts[0]:,} / {counts[1]:,} | "
+            f"{with_features[0]:,} / {with_features[1]:,} |"
+        )
+    return "\n".join(lines) + "\n"
