@@ -165,6 +165,11 @@ def load_features(data_dir: Path) -> FeatureTable:
     path = data_dir / FEATURES_FILE
     if not path.is_file():
         present = sorted(p.name for p in data_dir.iterdir())[:10]
+        if any(data_dir.rglob("*.psv")):
+            raise DataFolderError(
+                f"{data_dir} holds raw .psv files, not prepared features; run `sepsis-rl data "
+                f"prepare --input {data_dir} --out <folder>`, then `classify --data <folder>`"
+            )
         raise DataFolderError(
             f"{path} is missing (the folder has: {', '.join(present) or 'nothing'}); {prepare_hint}"
         )
@@ -312,18 +317,21 @@ class ClassifyResult:
 
 
 def run_classification(
-    data_dir: Path,
+    data: Path | FeatureTable,
     out_dir: Path,
     config: ClassifyConfig | None = None,
     progress: ProgressFn | None = None,
 ) -> ClassifyResult:
-    """Run the whole protocol (module docstring) and write its outputs into `out_dir`."""
+    """Run the whole protocol (module docstring) and write its outputs into `out_dir`.
+
+    `data` is a `data prepare` output folder, or a FeatureTable already read from one.
+    """
     config = config or ClassifyConfig()
     config.validate()
     notify = progress or (lambda _description, _done, _total: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    table = load_features(data_dir)
+    table = data if isinstance(data, FeatureTable) else load_features(data)
     timings["load"] = time.perf_counter() - clock
 
     pairs = [(o, m) for o in config.oversample for m in config.models]

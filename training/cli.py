@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from data_prep.cli import data_app
+from training.cli_classify import register as register_classify
 from training.cli_rl import register as register_rl
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 register_rl(app)
+register_classify(app)
 
 
 def main() -> None:
