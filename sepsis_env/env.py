@@ -1,0 +1,708 @@
+"""SepsisEnv: organ-support decisions for a septic ICU patient, single and vectorised."""
+
+from __future__ import annotations
+
+import functools
+import math
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from sepsis_env import physiology as ph
+
+ACTION_NAMES: tuple[str, ...] = (
+    "none",
+    "oxygen",
+    "ventilation",
+    "vasopressors",
+    "oxygen+ventilation",
+    "oxygen+vasopressors",
+    "ventilation+vasopressors",
+    "oxygen+ventilation+vasopressors",
+)
+"""Names of the 8 actions, in the order of the original study."""
+
+OBS_NAMES: tuple[str, ...] = (
+    "HR", "O2Sat", "SBP", "DBP", "MAP", "Resp", "Temp", "Lactate", "Age",
+    "oxygen", "ventilation", "vasopressors",
+    "ventilation_hours", "vasopressor_hours", "stable_hours", "hours",
+)  # fmt: skip
+"""Names of the observation entries, in order."""
+
+OBS_UNITS: tuple[str, ...] = (
+    "bpm", "%", "mmHg", "mmHg", "mmHg", "/min", "degC", "mmol/L", "years",
+    "0/1", "0/1", "0/1", "h", "h", "h", "h",
+)  # fmt: skip
+HOURS_OBS_MAX = 720.0  # 30 days; hour counters are reported up to this value
+OBS_LOW = np.array(
+    [20, 50, 10, 5, 10, 4, 33, 0.1, 18, 0, 0, 0, 0, 0, 0, 0], dtype=np.float32
+)  # fmt: skip
+OBS_HIGH = np.array(
+    [250, 100, 300, 200, 200, 80, 43, 30, 100, 1, 1, 1] + [HOURS_OBS_MAX] * 4, dtype=np.float32
+)
+"""Observation bounds (physical units), e.g. for normalising inputs to a network."""
+OBS_INDEX: dict[str, int] = {name: i for i, name in enumerate(OBS_NAMES)}
+
+AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
+    ("18-40", 18.0, 41.0),
+    ("41-65", 41.0, 66.0),
+    ("66+", 66.0, math.inf),
+)
+"""Age groups as (label, lower bound inclusive, upper bound exclusive), in years."""
+
+OUTCOMES: tuple[str, ...] = ("alive", "died", "discharged")
+"""Outcome labels; the vector env reports their index in `info["outcome"]`."""
+
+REWARD_MODES = ("outcome", "guideline")
+
+# --- Reward, mode "outcome" ----------------------------------------------------------------------
+DISCHARGE_REWARD = 15.0
+DEATH_REWARD = -15.0
+SCORE_SHAPING = 0.5  # reward per point the organ-dysfunction score improves in a step
+OXYGEN_COST = 0.05  # nasal cannula / mask: cheap and safe
+VASOPRESSOR_COST = 0.25  # central line, arterial line, ICU bed
+VENTILATION_COST = 0.5  # intubation, sedation, ICU bed
+# Organ-dysfunction score from the observation (SOFA-like, 0-11 points): one point per threshold.
+SCORE_MAP_MMHG = (70.0, 60.0, 50.0)  # SOFA cardiovascular: MAP < 70
+SCORE_SPO2_PCT = (94.0, 90.0, 85.0)
+SCORE_LACTATE_MMOL_L = (2.0, 4.0, 8.0)  # Sepsis-3 (> 2) and severe hyperlactataemia
+SCORE_RESP_PER_MIN = (22.0, 30.0)  # qSOFA tachypnoea (>= 22)
+
+# --- Reward, mode "guideline" (the original study's rule) ---------------------------------------
+GUIDELINE_MATCH_REWARD = 3.0
+GUIDELINE_MISMATCH_REWARD = -2.0
+GUIDELINE_IDLE_REWARD = 0.0  # no recommendation and no treatment
+GUIDELINE_UNNEEDED_REWARD = -1.0  # no recommendation but some treatment
+GUIDELINE_RESP_SEVERE = 30.0
+GUIDELINE_RESP_HIGH = 20.0
+GUIDELINE_SPO2_LOW = 92.0
+GUIDELINE_SBP_LOW, GUIDELINE_DBP_LOW, GUIDELINE_MAP_LOW = 90.0, 60.0, 65.0
+# Adding vasopressors to a recommendation: none -> 3, 1 -> 5, 2 -> 6, 4 -> 7.
+GUIDELINE_ADD_VASOPRESSORS = {None: 3, 1: 5, 2: 6, 4: 7}
+
+DEFAULT_STEP_HOURS = 4.0  # one decision every 4 h, as in the AI Clinician (Komorowski 2018)
+MAX_STEP_HOURS = 8.0  # longer steps would make the Euler updates inaccurate
+# Randomness: each environment consumes its generator's uniforms in records of
+# `physiology.N_STEP_UNIFORMS`: one record per step, `RESET_RECORDS` per reset. Records are drawn
+# `BUFFER_RECORDS` at a time; a draw that would run past the buffer starts a fresh one. The vector
+# env consumes each copy's generator by the same rule, so their trajectories are identical.
+BUFFER_RECORDS = 128
+RESET_RECORDS = -(-ph.N_RESET_UNIFORMS // ph.N_STEP_UNIFORMS)  # ceil
+
+# Admission ranges: cohort values are clipped to these physiologically survivable ranges.
+COHORT_VITALS: tuple[str, ...] = (
+    "Age", "HR", "O2Sat", "Temp", "SBP", "MAP", "DBP", "Resp", "Lactate",
+)  # fmt: skip
+ADMISSION_LOW = np.array([18, 40, 70, 34, 50, 35, 20, 8, 0.5])
+ADMISSION_HIGH = np.array([100, 180, 100, 41.5, 220, 115, 130, 45, 15])
+
+
+def age_group(age: float) -> int:
+    """Index into `AGE_GROUPS` of an age in years."""
+    return 0 if age < AGE_GROUPS[1][1] else (1 if age < AGE_GROUPS[2][1] else 2)
+
+
+def organ_score(obs: Any) -> int:
+    """Organ-dysfunction points (0-11) of one observation (array or list in `OBS_NAMES` order):
+    one point per threshold crossed by MAP, SpO2, lactate and breathing rate."""
+    m, sat, lac, r = obs[4], obs[1], obs[7], obs[5]
+    return (
+        (m < 70.0) + (m < 60.0) + (m < 50.0)
+        + (sat < 94.0) + (sat < 90.0) + (sat < 85.0)
+        + (lac > 2.0) + (lac > 4.0) + (lac > 8.0)
+        + (r > 22.0) + (r > 30.0)
+    )  # fmt: skip
+
+
+def organ_scores(obs: np.ndarray) -> np.ndarray:
+    """`organ_score` of a batch of observations (rows)."""
+    m, s, lac, r = obs[:, 4], obs[:, 1], obs[:, 7], obs[:, 5]
+    score = np.zeros(len(obs))
+    for t in SCORE_MAP_MMHG:
+        score += m < t
+    for t in SCORE_SPO2_PCT:
+        score += s < t
+    for t in SCORE_LACTATE_MMOL_L:
+        score += lac > t
+    for t in SCORE_RESP_PER_MIN:
+        score += r > t
+    return score
+
+
+def guideline_action(obs: np.ndarray) -> int | None:
+    """The original study's recommended action for the vitals in `obs`, or None."""
+    resp, spo2 = obs[5], obs[1]
+    if resp > GUIDELINE_RESP_SEVERE and spo2 < GUIDELINE_SPO2_LOW:
+        rec = 4
+    elif resp > GUIDELINE_RESP_SEVERE:
+        rec = 2
+    elif resp > GUIDELINE_RESP_HIGH:
+        rec = 1
+    else:
+        rec = None
+    if obs[2] < GUIDELINE_SBP_LOW or obs[3] < GUIDELINE_DBP_LOW or obs[4] < GUIDELINE_MAP_LOW:
+        rec = GUIDELINE_ADD_VASOPRESSORS[rec]
+    return rec
+
+
+def guideline_reward(obs: np.ndarray, action: int) -> float:
+    """The original study's reward for taking `action` when the vitals were `obs`."""
+    rec = guideline_action(obs)
+    if rec is None:
+        return GUIDELINE_IDLE_REWARD if action == 0 else GUIDELINE_UNNEEDED_REWARD
+    return GUIDELINE_MATCH_REWARD if action == rec else GUIDELINE_MISMATCH_REWARD
+
+
+def guideline_rewards(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """`guideline_reward` for a batch of observations (rows) and actions."""
+    resp, spo2 = obs[:, 5], obs[:, 1]
+    severe = resp > GUIDELINE_RESP_SEVERE
+    rec = np.where(
+        severe & (spo2 < GUIDELINE_SPO2_LOW),
+        4,
+        np.where(severe, 2, np.where(resp > GUIDELINE_RESP_HIGH, 1, -1)),
+    )
+    low_bp = (
+        (obs[:, 2] < GUIDELINE_SBP_LOW)
+        | (obs[:, 3] < GUIDELINE_DBP_LOW)
+        | (obs[:, 4] < GUIDELINE_MAP_LOW)
+    )
+    with_vaso = np.select([rec == -1, rec == 1, rec == 2, rec == 4], [3, 5, 6, 7], rec)
+    rec = np.where(low_bp, with_vaso, rec)
+    matched = np.where(actions == rec, GUIDELINE_MATCH_REWARD, GUIDELINE_MISMATCH_REWARD)
+    idle = np.where(actions == 0, GUIDELINE_IDLE_REWARD, GUIDELINE_UNNEEDED_REWARD)
+    return np.where(rec == -1, idle, matched)
+
+
+# --- Cohort ---------------------------------------------------------------------------------------
+def admission_table(cohort: Any, split: str | None, source: str = "cohort") -> tuple:
+    """(table of `COHORT_VITALS` clipped to admission ranges, patient ids) from a DataFrame.
+
+    Raises ValueError naming the source, the missing columns or the patient with a missing value.
+    """
+    missing = [c for c in ("patient_id", *COHORT_VITALS) if c not in cohort.columns]
+    if split is not None and "split" not in cohort.columns:
+        missing.append("split")
+    if missing:
+        raise ValueError(
+            f"{source}: env cohort lacks columns {missing}; expected the env_cohort.parquet "
+            "columns of docs/CONTRACTS.md"
+        )
+    if split is not None:
+        cohort = cohort[cohort["split"] == split]
+    if len(cohort) == 0:
+        raise ValueError(f"{source}: no patients with split == {split!r}")
+    values = cohort[list(COHORT_VITALS)].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{source}: patient {cohort['patient_id'].iloc[row]} has no value for "
+            f"{COHORT_VITALS[col]}; impute it in data_prep before building the env"
+        )
+    table = np.clip(values, ADMISSION_LOW, ADMISSION_HIGH)
+    return table, tuple(cohort["patient_id"].astype(str))
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_table(n_patients: int, seed: int, split: str | None) -> tuple:
+    from data_prep.env_cohort import builtin_env_cohort  # heavy: imported only when needed
+
+    cohort = builtin_env_cohort(n_patients=n_patients, seed=seed)
+    return admission_table(cohort, split, source="built-in cohort")
+
+
+@functools.lru_cache(maxsize=8)
+def _parquet_table(path: str, mtime: float, split: str | None) -> tuple:
+    import pandas as pd
+
+    return admission_table(pd.read_parquet(path), split, source=path)
+
+
+class _Cohort:
+    """Where the starting patients come from; loaded on first use and cached per process."""
+
+    def __init__(self, cohort: Any, split: str | None, n_patients: int, seed: int) -> None:
+        self.split = split
+        self.n_patients = n_patients
+        self.seed = seed
+        self.path: str | None = None
+        self.loaded: tuple | None = None
+        self.from_frame = False
+        if isinstance(cohort, str | PathLike):
+            self.path = str(cohort)
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"env cohort {self.path} does not exist")
+        elif cohort is not None:
+            self.loaded = admission_table(cohort, split)
+            self.from_frame = True
+
+    def tables(self) -> tuple[np.ndarray, tuple[str, ...]]:
+        if self.loaded is None:
+            if self.path is not None:
+                mtime = Path(self.path).stat().st_mtime
+                self.loaded = _parquet_table(self.path, mtime, self.split)
+            else:
+                self.loaded = _builtin_table(self.n_patients, self.seed, self.split)
+        return self.loaded
+
+    def __getstate__(self) -> dict:
+        # A path or the built-in cohort travels as its description and is reloaded on arrival.
+        state = self.__dict__.copy()
+        if not self.from_frame:
+            state["loaded"] = None
+        return state
+
+
+def _check_options(reward_mode: str, step_hours: float) -> None:
+    if reward_mode not in REWARD_MODES:
+        raise ValueError(f"reward_mode={reward_mode!r}; choose one of {REWARD_MODES}")
+    if not 0.0 < step_hours <= MAX_STEP_HOURS:
+        raise ValueError(f"step_hours={step_hours} must be in (0, {MAX_STEP_HOURS}]")
+
+
+class SepsisEnv(gym.Env[np.ndarray, np.int64]):
+    """
+    ## Description
+
+    An adult patient with sepsis in the intensive care unit. Every `step_hours` (4 h by default)
+    the clinician chooses which organ support to give for the next interval: supplemental oxygen,
+    invasive mechanical ventilation, vasopressors, or a combination. Antibiotics and source
+    control are assumed to be running in the background, so the infection slowly resolves; the
+    agent's job is to carry the patient's organs through it without harming them.
+
+    Each episode starts from one patient of a cohort (the vitals of a real or synthetic septic
+    patient at the start of the sepsis label window) and a latent state drawn around it: infection
+    burden, vasoplegia, lung injury, accumulated organ damage and lactate. The bedside vitals are
+    noisy measurements of that latent state. Untreated shock worsens: hypotension (MAP < 65 mmHg)
+    and hypoxaemia accumulate organ damage and raise lactate, damage deepens the vasoplegia and
+    raises the death hazard. Oxygen fixes mild hypoxaemia; ventilation fixes severe hypoxaemia and
+    tachypnoea but lowers MAP and carries a complication risk that grows with its duration;
+    vasopressors raise MAP but cause tachycardia, and ischaemic organ damage when the MAP was
+    adequate without them or when given for more than a day. Older patients respond less to
+    support and antibiotics and accumulate damage faster. Every equation and constant, with its
+    unit and reasoning, is in `sepsis_env/physiology.py`.
+
+    ## Action Space
+
+    `Discrete(8)`, the order of the original study (`sepsis_env.ACTION_NAMES`):
+
+    | Num | Action                          |
+    |-----|---------------------------------|
+    | 0   | none                            |
+    | 1   | oxygen                          |
+    | 2   | ventilation                     |
+    | 3   | vasopressors                    |
+    | 4   | oxygen + ventilation            |
+    | 5   | oxygen + vasopressors           |
+    | 6   | ventilation + vasopressors      |
+    | 7   | oxygen + ventilation + vasopressors |
+
+    An action sets the treatments for the coming interval; a treatment not in the action is
+    stopped.
+
+    ## Observation Space
+
+    `Box(16,)` of float32 in physical units (`sepsis_env.OBS_NAMES`, `OBS_LOW`, `OBS_HIGH`):
+
+    | Num | Observation        | Unit   | Min  | Max |
+    |-----|--------------------|--------|------|-----|
+    | 0   | HR                 | bpm    | 20   | 250 |
+    | 1   | O2Sat (SpO2)       | %      | 50   | 100 |
+    | 2   | SBP                | mmHg   | 10   | 300 |
+    | 3   | DBP                | mmHg   | 5    | 200 |
+    | 4   | MAP                | mmHg   | 10   | 200 |
+    | 5   | Resp               | /min   | 4    | 80  |
+    | 6   | Temp               | degC   | 33   | 43  |
+    | 7   | Lactate            | mmol/L | 0.1  | 30  |
+    | 8   | Age                | years  | 18   | 100 |
+    | 9   | oxygen running     | 0/1    | 0    | 1   |
+    | 10  | ventilation running | 0/1   | 0    | 1   |
+    | 11  | vasopressors running | 0/1  | 0    | 1   |
+    | 12  | hours of the current ventilation run | h | 0 | 720 |
+    | 13  | hours of the current vasopressor run | h | 0 | 720 |
+    | 14  | hours stable off ventilation and vasopressors | h | 0 | 720 |
+    | 15  | hours since the start of the episode | h | 0 | 720 |
+
+    Vitals 0-7 carry measurement noise; MAP = DBP + (SBP - DBP) / 3 up to float32 rounding. The
+    treatment flags and hour counters make the decision process Markov up to the latent state.
+
+    ## Rewards
+
+    `reward_mode="outcome"` (default):
+
+    | Term | Reward |
+    |------|--------|
+    | discharged alive (terminal) | +15 |
+    | died (terminal) | -15 |
+    | organ-dysfunction score improved by k points in the step | +0.5 k (negative if it worsened) |
+    | oxygen given in the step | -0.05 |
+    | vasopressors given in the step | -0.25 |
+    | ventilation given in the step | -0.5 |
+
+    The organ-dysfunction score (`organ_score`, 0-11) counts from the observation one point each
+    for MAP < 70, < 60, < 50 mmHg; SpO2 < 94, < 90, < 85 %; lactate > 2, > 4, > 8 mmol/L; and
+    breathing rate > 22, > 30 /min.
+
+    `reward_mode="guideline"` reproduces the original study's reward. A rule recommends one
+    action from the vitals before the step: Resp > 30 and O2Sat < 92 -> 4; else Resp > 30 -> 2;
+    else Resp > 20 -> 1; then if SBP < 90 or DBP < 60 or MAP < 65, vasopressors are added
+    (no recommendation -> 3, 1 -> 5, 2 -> 6, 4 -> 7). The reward is +3 if the action matches the
+    recommendation and -2 if not; with no recommendation, 0 for action 0 and -1 for any other.
+    This reward ignores the patient's outcome; it is kept for comparison only.
+
+    ## Starting State
+
+    A patient drawn uniformly from the cohort (after the `split` filter). The latent state comes
+    from the patient's vitals plus uniform draws: infection burden 0.2-0.75 plus more for high
+    lactate and low MAP (the vitals lag the infection, so many patients deteriorate over the first
+    hours), 30-80 % of the eventual vasoplegia already expressed, lung susceptibility (squared
+    uniform: a minority develop ARDS), and organ damage from the lactate plus a comorbidity draw.
+    No treatment is running.
+
+    ## Episode End
+
+    Termination:
+    1. Death: drawn each step from a hazard that rises with organ damage (squared), refractory
+       shock (MAP < 50) and severe hypoxaemia (SpO2 < 80), times the age frailty factor.
+    2. Discharge: the patient has been stable for 12 h off ventilation and vasopressors (MAP >= 65,
+       SpO2 >= 92, Resp <= 24, lactate < 2, infection controlled).
+
+    Truncation: 30 steps (120 h at the default step), set by `max_episode_steps` at registration.
+
+    `info["outcome"]` is "alive", "died" or "discharged"; `info` also carries the latent state
+    (`infection`, `vasoplegia`, `lung`, `damage`, `lactate`), the step's `death_probability`
+    and the patient (`patient_index`, `patient_id`).
+
+    ## Arguments
+
+    ```python
+    import gymnasium as gym
+    import sepsis_env
+
+    env = gym.make("SepsisEnv-v0", cohort="data/env_cohort.parquet", split="test")
+    ```
+
+    * `cohort`: a DataFrame or the path of a Parquet table with the `env_cohort.parquet` columns
+      (docs/CONTRACTS.md). None (default) uses `data_prep.env_cohort.builtin_env_cohort`, built on
+      first reset and cached per process.
+    * `split`: keep only the cohort rows with this `split` value (e.g. "test"); None keeps all.
+    * `reward_mode`: "outcome" (default) or "guideline".
+    * `step_hours`: hours per step, in (0, 8]; 4 by default.
+    * `builtin_patients`, `builtin_seed`: size and seed of the built-in cohort.
+
+    The vector version (`gym.make_vec("SepsisEnv-v0", num_envs=n,
+    vectorization_mode="vector_entry_point")`) takes the same arguments and steps all patients with
+    array arithmetic; sub-environment i seeded with `seed + i` follows exactly the trajectory of
+    the single environment reset with that seed.
+
+    ## Version History
+
+    * v0: Initial version: latent infection, vasoplegia, lung injury, organ damage and lactate;
+      death and discharge; age effects; outcome and guideline rewards.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        cohort: Any = None,
+        split: str | None = None,
+        reward_mode: str = "outcome",
+        step_hours: float = DEFAULT_STEP_HOURS,
+        builtin_patients: int = 3000,
+        builtin_seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        _check_options(reward_mode, step_hours)
+        self.reward_mode = reward_mode
+        self.step_hours = float(step_hours)
+        self.render_mode = render_mode
+        self._cohort = _Cohort(cohort, split, builtin_patients, builtin_seed)
+        self.action_space = spaces.Discrete(len(ACTION_NAMES))
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
+        self.patient = ph.Patient()
+        self._values: list[float] = []  # the last observation as Python floats
+        self._score = 0
+        self._buffer = np.zeros((0, ph.N_STEP_UNIFORMS))
+        self._buffer_rng: np.random.Generator | None = None
+        self._cursor = BUFFER_RECORDS
+        self._patient_index = -1
+
+    def _take(self, records: int) -> list[float]:
+        """The next `records` records of uniforms of this environment's stream, flattened."""
+        if self._cursor + records > BUFFER_RECORDS or self._buffer_rng is not self.np_random:
+            self._buffer = self.np_random.random((BUFFER_RECORDS, ph.N_STEP_UNIFORMS))
+            self._buffer_rng = self.np_random  # reset(seed=...) replaces the generator
+            self._cursor = 0
+        c = self._cursor
+        self._cursor = c + records
+        return self._buffer[c : c + records].ravel().tolist()
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        table, _ = self._cohort.tables()
+        r = self._take(RESET_RECORDS)
+        n = len(table)
+        self._patient_index = min(int(r[ph.R_PATIENT] * n), n - 1)
+        p = self.patient
+        ph.admit(p, tuple(table[self._patient_index].tolist()), r, max, min)
+        mean_ap, _, spo2, resp = ph.vitals(p, max, min)
+        obs = self._observe(mean_ap, spo2, resp, r, ph.R_NOISE)
+        return obs, self._info("alive", 0.0)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._values:
+            raise RuntimeError("call reset() before step()")
+        a = int(action)
+        if not 0 <= a < 8:
+            raise ValueError(f"action {action!r} is not in Discrete(8)")
+        u = self._take(1)
+        p = self.patient
+        oxygen = ph.OXYGEN_OF_ACTION[a]
+        ventilation = ph.VENTILATION_OF_ACTION[a]
+        vasopressors = ph.VASOPRESSORS_OF_ACTION[a]
+        death_p, died, mean_ap, spo2, resp = ph.advance(
+            p, oxygen, ventilation, vasopressors, u, self.step_hours, max, min
+        )
+        discharged = (not died) and p.stable_hours >= ph.DISCHARGE_STABLE_HOURS
+        previous, previous_score = self._values, self._score
+        obs = self._observe(mean_ap, spo2, resp, u, ph.U_NOISE)
+        if self.reward_mode == "outcome":
+            reward = (
+                SCORE_SHAPING * (previous_score - self._score)
+                - OXYGEN_COST * oxygen
+                - VENTILATION_COST * ventilation
+                - VASOPRESSOR_COST * vasopressors
+            )
+            if died:
+                reward += DEATH_REWARD
+            elif discharged:
+                reward += DISCHARGE_REWARD
+        else:
+            reward = guideline_reward(previous, a)
+        outcome = "died" if died else ("discharged" if discharged else "alive")
+        return obs, reward, bool(died or discharged), False, self._info(outcome, death_p)
+
+    def _observe(self, mean_ap: float, spo2: float, resp: float, u: list, k: int) -> np.ndarray:
+        p = self.patient
+        obs = np.array(
+            (
+                *ph.measure(p, mean_ap, spo2, resp, u, k, max, min),
+                p.age, p.oxygen, p.ventilation, p.vasopressors,
+                p.ventilation_hours, p.vasopressor_hours, p.stable_hours, p.hours,
+            ),
+            dtype=np.float32,
+        )  # fmt: skip
+        np.maximum(obs, OBS_LOW, out=obs)
+        np.minimum(obs, OBS_HIGH, out=obs)
+        self._values = obs.tolist()
+        self._score = organ_score(self._values)
+        return obs
+
+    def _info(self, outcome: str, death_p: float) -> dict[str, Any]:
+        p = self.patient
+        return {
+            "outcome": outcome,
+            "patient_index": self._patient_index,
+            "infection": p.infection,
+            "vasoplegia": p.vasoplegia,
+            "lung": p.lung,
+            "damage": p.damage,
+            "lactate": p.lactate,
+            "death_probability": death_p,
+        }
+
+    @property
+    def patient_id(self) -> str:
+        """Cohort id of the current patient."""
+        return self._cohort.tables()[1][self._patient_index]
+
+
+class SepsisVectorEnv(VectorEnv):
+    """`num_envs` copies of `SepsisEnv` stepped with array arithmetic (see `SepsisEnv`).
+
+    Same arguments as `SepsisEnv` plus `num_envs` and `max_episode_steps`. Autoreset follows
+    Gymnasium's next-step mode: the step after an episode ends returns the first observation of
+    the next episode with reward 0. Sub-environment i owns its own generator, seeded `seed + i`,
+    and draws from it exactly what `SepsisEnv` reset with that seed would, so their trajectories
+    are identical. `info["outcome"]` holds indices into `OUTCOMES`.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_episode_steps: int = 30,
+        cohort: Any = None,
+        split: str | None = None,
+        reward_mode: str = "outcome",
+        step_hours: float = DEFAULT_STEP_HOURS,
+        builtin_patients: int = 3000,
+        builtin_seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        _check_options(reward_mode, step_hours)
+        self.num_envs = num_envs
+        self.max_episode_steps = max_episode_steps
+        self.reward_mode = reward_mode
+        self.step_hours = float(step_hours)
+        self.render_mode = render_mode
+        self._cohort = _Cohort(cohort, split, builtin_patients, builtin_seed)
+        self.single_action_space = spaces.Discrete(len(ACTION_NAMES))
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.single_observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.patient = ph.Patient()
+        self._generators: list[np.random.Generator] = []
+        self._oxygen = np.array(ph.OXYGEN_OF_ACTION)
+        self._ventilation = np.array(ph.VENTILATION_OF_ACTION)
+        self._vasopressors = np.array(ph.VASOPRESSORS_OF_ACTION)
+        self._rows = np.arange(num_envs)
+        self._buffers = np.zeros((num_envs, BUFFER_RECORDS, ph.N_STEP_UNIFORMS))
+        self._records = self._buffers.reshape(-1, ph.N_STEP_UNIFORMS)  # a view, for fast gathers
+        self._cursor = np.full(num_envs, BUFFER_RECORDS, dtype=np.int64)
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._patient_index = np.zeros(num_envs, dtype=np.int64)
+        self._prev_done = np.zeros(num_envs, dtype=bool)
+        self._obs = np.zeros((num_envs, len(OBS_NAMES)), dtype=np.float32)
+        self._scores = np.zeros(num_envs)
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        # self.np_random only seeds the copies' generators when no seed is given.
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        if seed is None:
+            seeds = self.np_random.integers(0, 2**63 - 1, size=self.num_envs).tolist()
+        elif isinstance(seed, int):
+            seeds = [seed + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+        # Same construction as gymnasium.utils.seeding.np_random, which SepsisEnv.reset uses.
+        self._generators = [gym.utils.seeding.np_random(s)[0] for s in seeds]
+        self._cursor[:] = BUFFER_RECORDS  # empty: the first draw fills the buffer
+        for name in ph.PATIENT_FIELDS:
+            setattr(self.patient, name, np.zeros(self.num_envs))
+        self._admit(self._rows)
+        self._steps[:] = 0
+        self._prev_done[:] = False
+        return self._obs.copy(), self._info(np.zeros(self.num_envs, dtype=np.int8), None)
+
+    def _take(self, idx: np.ndarray, records: int, consume: np.ndarray | None = None) -> np.ndarray:
+        """The next `records` records of uniforms of the sub-environments `idx`, as an
+        (records x N_STEP_UNIFORMS, len(idx)) array: row k holds uniform k of every copy.
+
+        Only the copies where `consume` is True advance their stream (and refill their buffer
+        when it runs short); the others read values that are then discarded."""
+        cursor = self._cursor[idx]
+        short = cursor + records > BUFFER_RECORDS
+        if consume is not None:
+            short &= consume
+        if short.any():
+            for i in idx[short].tolist():
+                self._generators[i].random(out=self._buffers[i])
+            cursor[short] = 0
+        first = idx * BUFFER_RECORDS + np.minimum(cursor, BUFFER_RECORDS - records)
+        rows = first if records == 1 else (first[:, None] + np.arange(records)).ravel()
+        u = np.take(self._records, rows, axis=0).reshape(len(idx), -1)
+        self._cursor[idx] = cursor + (records if consume is None else records * consume)
+        return np.ascontiguousarray(u.T)
+
+    def _admit(self, idx: np.ndarray) -> None:
+        """Draw new patients for the sub-environments `idx` and write their first observation."""
+        table, _ = self._cohort.tables()
+        r = self._take(idx, RESET_RECORDS)
+        n = len(table)
+        chosen = np.minimum((r[ph.R_PATIENT] * n).astype(np.int64), n - 1)
+        self._patient_index[idx] = chosen
+        new = ph.Patient()
+        ph.admit(new, tuple(table[chosen].T), r, np.maximum, np.minimum)
+        p = self.patient
+        for name in ph.PATIENT_FIELDS:
+            getattr(p, name)[idx] = getattr(new, name)
+        mean_ap, _, spo2, resp = ph.vitals(new, np.maximum, np.minimum)
+        obs = self._observe(new, mean_ap, spo2, resp, r, ph.R_NOISE)
+        self._obs[idx] = obs
+        self._scores[idx] = organ_scores(obs)
+
+    def _observe(self, p: ph.Patient, mean_ap: Any, spo2: Any, resp: Any, u: Any, k: int):
+        columns = (
+            *ph.measure(p, mean_ap, spo2, resp, u, k, np.maximum, np.minimum),
+            p.age, p.oxygen, p.ventilation, p.vasopressors,
+            p.ventilation_hours, p.vasopressor_hours, p.stable_hours, p.hours,
+        )  # fmt: skip
+        obs = np.stack(columns, axis=1).astype(np.float32)
+        np.maximum(obs, OBS_LOW, out=obs)
+        np.minimum(obs, OBS_HIGH, out=obs)
+        return obs
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._generators:
+            raise RuntimeError("call reset() before step()")
+        actions = np.asarray(actions, dtype=np.int64)
+        restart = self._prev_done
+        u = self._take(self._rows, 1, consume=~restart)
+        p = self.patient
+        oxygen = self._oxygen[actions]
+        ventilation = self._ventilation[actions]
+        vasopressors = self._vasopressors[actions]
+        death_p, died, mean_ap, spo2, resp = ph.advance(
+            p, oxygen, ventilation, vasopressors, u, self.step_hours, np.maximum, np.minimum
+        )
+        discharged = (p.stable_hours >= ph.DISCHARGE_STABLE_HOURS) & ~died
+        previous, previous_scores = self._obs, self._scores
+        obs = self._observe(p, mean_ap, spo2, resp, u, ph.U_NOISE)
+        scores = organ_scores(obs)
+        if self.reward_mode == "outcome":
+            reward = (
+                SCORE_SHAPING * (previous_scores - scores)
+                - OXYGEN_COST * oxygen
+                - VENTILATION_COST * ventilation
+                - VASOPRESSOR_COST * vasopressors
+                + DEATH_REWARD * died
+                + DISCHARGE_REWARD * discharged
+            )
+        else:
+            reward = guideline_rewards(previous, actions)
+        terminated = died | discharged
+        self._steps += 1
+        truncated = (self._steps >= self.max_episode_steps) & ~terminated
+        outcome = died.astype(np.int8) + 2 * discharged.astype(np.int8)
+        self._obs = obs
+        self._scores = scores
+        if restart.any():
+            idx = np.flatnonzero(restart)
+            self._admit(idx)
+            self._steps[idx] = 0
+            reward[idx] = 0.0
+            terminated[idx] = False
+            truncated[idx] = False
+            outcome[idx] = 0
+            death_p = np.where(restart, 0.0, death_p)
+        self._prev_done = terminated | truncated
+        return self._obs.copy(), reward, terminated, truncated, self._info(outcome, death_p)
+
+    def _info(self, outcome: np.ndarray, death_p: np.ndarray | None) -> dict[str, Any]:
+        p = self.patient
+        return {
+            "outcome": outcome,
+            "patient_index": self._patient_index.copy(),
+            "infection": p.infection.copy(),
+            "vasoplegia": p.vasoplegia.copy(),
+            "lung": p.lung.copy(),
+            "damage": p.damage.copy(),
+            "lactate": p.lactate.copy(),
+            "death_probability": np.zeros(self.num_envs) if death_p is None else death_p,
+        }
