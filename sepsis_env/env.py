@@ -111,7 +111,7 @@ def age_group(age: float) -> int:
 def organ_score(obs: Any) -> int:
     """Organ-dysfunction points (0-11) of one observation (array or list in `OBS_NAMES` order):
     one point per threshold crossed by MAP, SpO2, lactate and breathing rate."""
-    m, sat, lac, r = obs[4], obs[1], obs[7], obs[5]
+    m, sat, lac, r = float(obs[4]), float(obs[1]), float(obs[7]), float(obs[5])
     return (
         (m < 70.0) + (m < 60.0) + (m < 50.0)
         + (sat < 94.0) + (sat < 90.0) + (sat < 85.0)
@@ -678,7 +678,7 @@ class SepsisVectorEnv(VectorEnv):
             reward = guideline_rewards(previous, actions)
         terminated = died | discharged
         self._steps += 1
-        truncated = (self._steps >= self.max_episode_steps) & ~terminated
+        truncated = self._steps >= self.max_episode_steps  # as TimeLimit: even when terminated
         outcome = died.astype(np.int8) + 2 * discharged.astype(np.int8)
         self._obs = obs
         self._scores = scores
