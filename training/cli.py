@@ -10,6 +10,7 @@ import typer
 from data_prep.cli import data_app
 from training.cli_classify import register as register_classify
 from training.cli_rl import register as register_rl
+from tuning.cli import register as register_tuning
 
 app = typer.Typer(
     name="sepsis-rl",
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 register_rl(app)
 register_classify(app)
+register_tuning(app)
 
 
 def main() -> None:

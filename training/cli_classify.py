@@ -65,6 +65,14 @@ def classify_cmd(
     ] = "f1",
     bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for CIs.")] = 1000,
     fidelity: Annotated[bool, typer.Option(help="Write the CTGAN fidelity report.")] = True,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML/JSON of ClassifyConfig fields (e.g. the best_config.yaml "
+            "of `sepsis-rl analyze`); its fields override the options above.",
+        ),
+    ] = None,
 ) -> None:
     """Train sepsis classifiers (with none/SMOTE/CTGAN oversampling) and evaluate them honestly.
 
@@ -99,6 +107,10 @@ def classify_cmd(
         ),
     )
     try:
+        if config_file is not None:
+            from tuning.classifier_search import classify_config_from_file
+
+            config = classify_config_from_file(config_file, base=config)
         config.validate()
         table = load_features(data)
     except ValueError as err:  # DataFolderError included

@@ -1,0 +1,598 @@
+"""`sepsis-rl analyze RESULTS_DIR`: what a search found, as tables, figures and a config file.
+
+Reads only files (Ray need not run, and the folder may have been copied from a cluster):
+`search.json` (ours: what was searched), each trial folder's `params.json`, `result.json` and
+`error.txt` (Tune's), and each trial's final status from `trials.json` (ours, written when the
+search ends) or, for an interrupted search, from Tune's `experiment_state-*.json`.
+
+A trial's score is its metric at its last report: the cross-validated mean over the folds it ran
+(classifiers) or the greedy evaluation return after its last iteration (RL). Trials that ran every
+step rank before trials stopped early, whose scores rest on fewer folds or iterations; the best
+trial is the top complete one.
+
+Writes into the output folder:
+
+    trials.csv, trials.md        every trial, sorted: score, status, steps, config, error
+    best_config.yaml             the best configuration, ready for `sepsis-rl classify --config`
+                                 (classifier search) or `sepsis-rl train --config` (RL search)
+    learning_curves.png          the metric per fold / iteration of the top trials
+    metric_vs_params.png         score against each hyper-parameter
+    seed_spread.png              scores of configurations repeated over seeds (when any are)
+    summary.md                   best configuration, its score with an interval, the gain over
+                                 the default configuration, counts of failed and stopped trials
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tuning.runner import SEARCH_FILE, TRIALS_FILE
+
+TOP_CURVES = 5
+FINAL_DIR = "final"
+"""Inside the experiment folder: the classifier refit on test patients (`classify`'s outputs)."""
+SEED_KEYS = ("__trial_index__",)
+COMPLETED, STOPPED, ERROR, UNFINISHED = "completed", "stopped early", "error", "unfinished"
+
+
+class AnalysisError(ValueError):
+    """The folder cannot be analysed; the message says why and what to pass instead."""
+
+
+@dataclass
+class Trial:
+    """One trial as its files describe it."""
+
+    trial_id: str
+    folder: Path
+    config: dict[str, Any]
+    params: dict[str, Any]
+    """The searched parameters only."""
+    history: pd.DataFrame
+    status: str
+    error: str | None
+    score: float = float("nan")
+    steps: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.status == COMPLETED
+
+
+@dataclass
+class Analysis:
+    """A search, read back from its folder."""
+
+    folder: Path
+    search: dict[str, Any]
+    trials: list[Trial]
+    """Sorted: complete before incomplete, then by score (best first)."""
+    best: Trial | None
+    default: Trial | None
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return self.search["metric"]
+
+    @property
+    def maximize(self) -> bool:
+        return self.search["mode"] == "max"
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def load_analysis(folder: str | Path) -> Analysis:
+    """Read an experiment folder written by `sepsis-rl tune ...` (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AnalysisError(f"{folder} is not a folder")
+    search_file = folder / SEARCH_FILE
+    if not search_file.is_file():
+        candidates = sorted(p.parent.name for p in folder.glob(f"*/{SEARCH_FILE}"))
+        hint = f"; did you mean one of: {', '.join(candidates)}" if candidates else ""
+        raise AnalysisError(
+            f"{folder} has no {SEARCH_FILE}: pass the experiment folder a `sepsis-rl tune` "
+            f"command wrote (<storage>/<name>){hint}"
+        )
+    search = json.loads(search_file.read_text())
+    statuses = _statuses(folder)
+    trials = [
+        _read_trial(trial_folder, search, statuses)
+        for trial_folder in sorted(p.parent for p in folder.glob("*/params.json"))
+    ]
+    if not trials:
+        raise AnalysisError(f"{folder} holds no trial folders yet: the search ran no trial")
+    trials.sort(key=lambda t: _sort_key(t, search["mode"] == "max"))
+    best = next((t for t in trials if t.complete and math.isfinite(t.score)), None)
+    notes = []
+    if best is None:
+        best = next((t for t in trials if math.isfinite(t.score)), None)
+        if best is not None:
+            notes.append("No trial ran every step; the best is chosen among incomplete trials.")
+    default = _find_default(trials, search.get("default"))
+    return Analysis(folder, search, trials, best, default, trial_table(trials, search), notes)
+
+
+def _statuses(folder: Path) -> dict[str, dict[str, Any]]:
+    """trial id -> {"status", "error"} from trials.json, else from Tune's experiment state."""
+    trials_file = folder / TRIALS_FILE
+    if trials_file.is_file():
+        return {t["trial_id"]: t for t in json.loads(trials_file.read_text())["trials"]}
+    out: dict[str, dict[str, Any]] = {}
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if states:
+        for entry in json.loads(states[-1].read_text()).get("trial_data", []):
+            text = entry[0] if isinstance(entry, list) else entry
+            try:
+                data = json.loads(text)
+            except (TypeError, json.JSONDecodeError):
+                continue
+            out[data["trial_id"]] = {"status": data.get("status"), "error": None}
+    return out
+
+
+def _read_trial(folder: Path, search: dict[str, Any], statuses: dict[str, dict]) -> Trial:
+    config = json.loads((folder / "params.json").read_text())
+    history = _read_history(folder / "result.json")
+    trial_id = (
+        str(history["trial_id"].iloc[-1])
+        if "trial_id" in history and len(history)
+        else folder.name.removeprefix("trial_")
+    )
+    params = {k: config[k] for k in search["params"] if k in config}
+    error = _error_of(folder)
+    known = statuses.get(trial_id, {})
+    error = error or known.get("error")
+    metric = search["metric"]
+    steps = int(history["training_iteration"].max()) if "training_iteration" in history else 0
+    score = float("nan")
+    if metric in history and history[metric].notna().any():
+        score = float(history[metric].dropna().iloc[-1])
+    tune_status = known.get("status")
+    if error or tune_status == "ERROR":
+        status = ERROR
+    elif steps >= int(search["max_steps"]):
+        status = COMPLETED
+    elif tune_status == "TERMINATED":
+        status = STOPPED
+    else:
+        status = UNFINISHED
+    return Trial(trial_id, folder, config, params, history, status, error, score, steps)
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            row.pop("config", None)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _error_of(folder: Path) -> str | None:
+    path = folder / "error.txt"
+    if not path.is_file():
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "error (empty error.txt)"
+
+
+def _sort_key(trial: Trial, maximize: bool) -> tuple[int, float]:
+    score = trial.score if math.isfinite(trial.score) else (-math.inf if maximize else math.inf)
+    return (0 if trial.complete else 1, -score if maximize else score)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
+
+
+def _find_default(trials: list[Trial], default: dict[str, Any] | None) -> Trial | None:
+    """The trial (the first, if repeated over seeds) that ran the default configuration."""
+    if not default:
+        return None
+    matches = [
+        t
+        for t in trials
+        if all(k in t.params and _same(t.params[k], v) for k, v in default.items())
+    ]
+    return min(matches, key=lambda t: t.history["timestamp"].min()) if matches else None
+
+
+def trial_table(trials: list[Trial], search: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial in ranking order: rank, id, score, status, steps, params, error."""
+    rows = []
+    for rank, trial in enumerate(trials, start=1):
+        row = {
+            "rank": rank,
+            "trial_id": trial.trial_id,
+            search["metric"]: trial.score,
+            "status": trial.status,
+            search["step_name"] + "s": trial.steps,
+        }
+        row.update({k: trial.params.get(k) for k in search["params"]})
+        row["seed_index"] = trial.config.get("__trial_index__", 0)
+        row["error"] = trial.error or ""
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    # Parameters never drawn (e.g. of a model family no trial chose) are dropped.
+    return frame.dropna(axis=1, how="all")
+
+
+# -- intervals -------------------------------------------------------------------------------------
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval of the mean (NaN interval for fewer than 2 values)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def step_values(trial: Trial, column: str) -> list[float]:
+    """A per-step column of a trial's history (e.g. each fold's score)."""
+    if column not in trial.history:
+        return []
+    return [float(v) for v in trial.history[column].tolist() if v is not None]
+
+
+def score_interval(analysis: Analysis, trial: Trial) -> tuple[float, float, float, str]:
+    """(score, low, high, what the interval is over) for one trial."""
+    search = analysis.search
+    if search["kind"] == "classifiers":
+        mean, low, high = t_interval(step_values(trial, search["per_step_metric"]))
+        return mean, low, high, f"95% t-interval over {trial.steps} cross-validation folds"
+    last = trial.history.iloc[-1] if len(trial.history) else {}
+    low = float(last.get(f"{analysis.metric}_ci_low", float("nan")))
+    high = float(last.get(f"{analysis.metric}_ci_high", float("nan")))
+    episodes = int(last.get("eval_episodes", 0) or 0)
+    return trial.score, low, high, f"95% normal interval over {episodes} greedy evaluation episodes"
+
+
+def gain_over_default(analysis: Analysis) -> dict[str, Any] | None:
+    """Best minus default score (sign: positive is better), with an interval."""
+    best, default = analysis.best, analysis.default
+    if best is None or default is None:
+        return None
+    sign = 1.0 if analysis.maximize else -1.0
+    search = analysis.search
+    if search["kind"] == "classifiers":
+        column = search["per_step_metric"]
+        a, b = step_values(best, column), step_values(default, column)
+        n = min(len(a), len(b))
+        diffs = [sign * (x - y) for x, y in zip(a[:n], b[:n], strict=True)]
+        mean, low, high = t_interval(diffs)
+        over = f"paired over the {n} folds both ran (same folds for every trial)"
+    else:
+        _, bl, bh, _ = score_interval(analysis, best)
+        _, dl, dh, _ = score_interval(analysis, default)
+        mean = sign * (best.score - default.score)
+        se = math.sqrt(((bh - bl) / (2 * 1.96)) ** 2 + ((dh - dl) / (2 * 1.96)) ** 2)
+        low, high = mean - 1.96 * se, mean + 1.96 * se
+        over = "normal interval from both trials' evaluation episodes"
+    return {
+        "gain": mean,
+        "low": low,
+        "high": high,
+        "over": over,
+        "best": best.trial_id,
+        "default": default.trial_id,
+        "default_score": default.score,
+        "default_status": default.status,
+    }
+
+
+def seed_groups(analysis: Analysis) -> dict[str, list[Trial]]:
+    """Configurations run with more than one seed: label -> its trials."""
+    groups: dict[str, list[Trial]] = {}
+    for trial in analysis.trials:
+        key = json.dumps({k: trial.params[k] for k in sorted(trial.params)}, default=str)
+        groups.setdefault(key, []).append(trial)
+    repeated = {k: v for k, v in groups.items() if len(v) > 1}
+    return {f"config {i + 1}": v for i, v in enumerate(repeated.values())}
+
+
+# -- the best configuration as a config file -------------------------------------------------------
+
+
+def export_best_config(analysis: Analysis, path: Path) -> Path:
+    """Write the best configuration as the config file its command reads; returns the path."""
+    if analysis.best is None:
+        raise AnalysisError("no trial reported a score; there is no best configuration to export")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if analysis.search["kind"] == "classifiers":
+        from tuning.classifier_search import classify_config_dict
+
+        values = classify_config_dict(
+            analysis.best.config, analysis.search.get("select_metric", "pr_auc")
+        )
+        header = "# sepsis-rl classify --config this-file --data DIR --out DIR\n"
+        path.write_text(header + yaml.safe_dump(values, sort_keys=False))
+    else:
+        from tuning.rl_search import export_options
+
+        export_options(analysis.best.config, path)
+        path.write_text("# sepsis-rl train --config this-file --out DIR\n" + path.read_text())
+    return path
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(analysis: Analysis, path: Path) -> Path:
+    """The metric after each fold / iteration for the top trials (and the default)."""
+    plt = _pyplot()
+    search = analysis.search
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    shown = analysis.trials[:TOP_CURVES]
+    if analysis.default is not None and analysis.default not in shown:
+        shown = [*shown, analysis.default]
+    for trial in shown:
+        if analysis.metric not in trial.history:
+            continue
+        label = f"{trial.trial_id} ({trial.status})"
+        if trial is analysis.default:
+            label += " default"
+        style = "--" if trial is analysis.default else "-"
+        ax.plot(
+            trial.history["training_iteration"],
+            trial.history[analysis.metric],
+            style,
+            marker="o",
+            lw=2.4 if trial is analysis.best else 1.2,
+            label=label,
+        )
+    ax.set(
+        xlabel=search["step_name"],
+        ylabel=analysis.metric,
+        title=f"Top {TOP_CURVES} trials (thick: best)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metric_vs_params(analysis: Analysis, path: Path) -> Path:
+    """One panel per hyper-parameter: each trial's score against the value it tried."""
+    plt = _pyplot()
+    params = [p for p in analysis.search["params"] if p in analysis.table]
+    columns = 3
+    rows = max(1, math.ceil(len(params) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    space = _flat_space(analysis.search.get("space", {}))
+    complete = analysis.table["status"] == COMPLETED
+    for ax, name in zip(axes.flat, params, strict=False):
+        values = analysis.table[name]
+        scores = analysis.table[analysis.metric]
+        present = values.notna()
+        numeric = pd.api.types.is_numeric_dtype(values[present]) and not pd.api.types.is_bool_dtype(
+            values[present]
+        )
+        if numeric:
+            x = values[present].astype(float)
+            if space.get(name, {}).get("log"):
+                ax.set_xscale("log")
+        else:
+            categories = sorted({str(v) for v in values[present]})
+            codes = {c: i for i, c in enumerate(categories)}
+            x = values[present].map(lambda v, codes=codes: codes[str(v)]).astype(float)
+            ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize=7)
+        done = complete[present]
+        ax.scatter(x[done], scores[present][done], s=22, label=COMPLETED)
+        ax.scatter(x[~done], scores[present][~done], s=22, marker="x", label="stopped/unfinished")
+        ax.set(xlabel=name, ylabel=analysis.metric)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params) :]:
+        ax.axis("off")
+    if params:
+        axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _flat_space(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    flat: dict[str, dict[str, Any]] = {}
+    for name, dim in space.items():
+        flat[name] = dim
+        for subs in dim.get("then", {}).values():
+            flat.update(subs)
+    return flat
+
+
+def plot_seed_spread(analysis: Analysis, path: Path) -> Path | None:
+    """Scores of each configuration that ran with several seeds; None when none did."""
+    groups = seed_groups(analysis)
+    if not groups:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 4.2))
+    labels = list(groups)
+    data = [[t.score for t in groups[label] if math.isfinite(t.score)] for label in labels]
+    ax.boxplot(data, tick_labels=labels)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(np.full(len(values), i), values, s=18, zorder=3)
+    ax.set(ylabel=analysis.metric, title="Spread across seeds of repeated configurations")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the summary -----------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def counts(analysis: Analysis) -> dict[str, int]:
+    """Trials per status."""
+    out = {s: 0 for s in (COMPLETED, STOPPED, ERROR, UNFINISHED)}
+    for trial in analysis.trials:
+        out[trial.status] += 1
+    return out
+
+
+def final_test_metrics(analysis: Analysis) -> dict[str, Any] | None:
+    """The classifier refit's test-patient metrics (`final/metrics.json`), if it was run."""
+    path = analysis.folder / FINAL_DIR / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summary_markdown(analysis: Analysis) -> str:
+    """The short report a person reads first."""
+    search = analysis.search
+    n = counts(analysis)
+    lines = [
+        f"# {search['kind'].upper()} search: {analysis.folder.name}",
+        "",
+        f"Metric: `{analysis.metric}` ({'higher' if analysis.maximize else 'lower'} is better), "
+        f"scheduler {search['scheduler']}, {len(analysis.trials)} trials: {n[COMPLETED]} "
+        f"completed, {n[STOPPED]} stopped early, {n[ERROR]} failed, {n[UNFINISHED]} unfinished.",
+        "",
+    ]
+    lines += [f"Note: {note}" for note in analysis.notes]
+    best = analysis.best
+    if best is None:
+        lines += ["No trial reported a score, so there is no best configuration.", ""]
+        return "\n".join(lines)
+    score, low, high, over = score_interval(analysis, best)
+    lines += [
+        f"## Best configuration: trial {best.trial_id} ({best.status})",
+        "",
+        f"Score: **{_fmt(score)}** [{_fmt(low)}, {_fmt(high)}] ({over}).",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in best.params.items()],
+        "",
+    ]
+    final = final_test_metrics(analysis)
+    if final is not None and search["kind"] == "classifiers":
+        metric = search.get("select_metric", "pr_auc")
+        estimate = final.get("best", {}).get("test", {}).get(metric)
+        if isinstance(estimate, dict):
+            lines += [
+                f"Refit on all training patients, scored once on the test patients: {metric} "
+                f"{_fmt(estimate['value'])} [{_fmt(estimate['ci_low'])}, "
+                f"{_fmt(estimate['ci_high'])}] (95% bootstrap CI; `{FINAL_DIR}/`).",
+                "",
+            ]
+    gain = gain_over_default(analysis)
+    lines.append("## Gain over the default configuration")
+    lines.append("")
+    if gain is None:
+        lines.append(
+            "The default configuration was not among the trials (it lies outside the searched "
+            "space, or the search was stopped before it ran)."
+        )
+    elif gain["best"] == gain["default"]:
+        lines.append(
+            f"The default configuration is the best found (score {_fmt(gain['default_score'])}):"
+            " the search found nothing better."
+        )
+    else:
+        lines.append(
+            f"Default (trial {gain['default']}, {gain['default_status']}): "
+            f"{_fmt(gain['default_score'])}. Improvement of the best over it: "
+            f"**{_fmt(gain['gain'])}** [{_fmt(gain['low'])}, {_fmt(gain['high'])}] "
+            f"({gain['over']}; positive is better)."
+        )
+    lines.append("")
+    groups = seed_groups(analysis)
+    if groups:
+        lines += [
+            "## Spread across seeds",
+            "",
+            "| configuration | seeds | mean | sd |",
+            "|---|---|---|---|",
+        ]
+        for label, trials in groups.items():
+            values = [t.score for t in trials if math.isfinite(t.score)]
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            lines.append(
+                f"| {label} | {len(trials)} | {_fmt(float(np.mean(values)))} | {_fmt(sd)} |"
+            )
+        lines.append("")
+    errors = [t for t in analysis.trials if t.status == ERROR]
+    if errors:
+        lines += ["## Failed trials", ""]
+        lines += [f"- {t.trial_id}: {t.error}" for t in errors]
+        lines.append("")
+    lines += [
+        "## Files",
+        "",
+        "`trials.csv` / `trials.md` (every trial, ranked), `best_config.yaml`, "
+        "`learning_curves.png`, `metric_vs_params.png`"
+        + (", `seed_spread.png`" if groups else "")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """The trial table as Markdown."""
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = [
+        "| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |"
+        for row in table.itertuples(index=False)
+    ]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_analysis(folder: str | Path, out: str | Path | None = None) -> tuple[Analysis, Path]:
+    """Analyse `folder` and write every output (module docstring) into `out`."""
+    analysis = load_analysis(folder)
+    out = Path(out) if out is not None else analysis.folder / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    analysis.table.to_csv(out / "trials.csv", index=False)
+    (out / "trials.md").write_text(table_markdown(analysis.table))
+    if analysis.best is not None:
+        export_best_config(analysis, out / "best_config.yaml")
+    plot_learning_curves(analysis, out / "learning_curves.png")
+    plot_metric_vs_params(analysis, out / "metric_vs_params.png")
+    plot_seed_spread(analysis, out / "seed_spread.png")
+    (out / "summary.md").write_text(summary_markdown(analysis))
+    return analysis, out

@@ -1,0 +1,412 @@
+"""`sepsis-rl tune classifiers`: search model family, oversampling and their hyper-parameters.
+
+The protocol:
+1. Only the training patients of `features.parquet` take part in the search. They are cut into
+   `n_folds` patient-grouped, label-stratified folds, the same folds for every trial.
+2. A trial is one configuration (model, oversampling, hyper-parameters). For each fold it fits the
+   `imblearn` pipeline `training.classifiers.build_pipeline` builds on the other folds, so
+   oversampling only ever sees training-fold patients (audited with `check_no_leakage` on every
+   fold), scores the held-out fold, and reports the running mean to Tune. ASHA stops trials
+   whose running mean after a fold is among the worst.
+3. Optuna's TPE proposes configurations, starting with the untuned default (`DEFAULT_CLASSIFIER`).
+4. After the search, the best configuration is refitted once by `training.classify`'s protocol
+   (train patients; threshold on validation patients; test patients with bootstrap CIs). That
+   refit is the only time a test patient is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from training.classifiers import ClassifierSettings
+from training.classify import ClassifyConfig
+from tuning.runner import (
+    SEARCH_FILE,
+    SearchOutcome,
+    concurrency_for,
+    experiment_path,
+    run_tuner,
+    storage_path,
+    trial_dirname,
+    write_text,
+)
+from tuning.spaces import (
+    CLASSIFIER_METRICS,
+    CLASSIFIER_SPACE,
+    DEFAULT_CLASSIFIER,
+    describe,
+    dimension_names,
+    restrict,
+    suggest,
+)
+
+FOLD_STATE_FILE = "folds.json"
+"""Inside a trial checkpoint: the scores of the folds done so far."""
+TRIAL_INDEX_KEY = "__trial_index__"
+"""Set by Tune's Repeater on repeated configurations; offsets the seed."""
+
+
+@dataclass
+class ClassifierSearch:
+    """Every option of a classifier search; the field list is the documentation."""
+
+    data: Path
+    """Folder written by `sepsis-rl data prepare`."""
+    metric: str = "pr_auc"
+    """Cross-validated metric to optimise: pr_auc, roc_auc (maximised) or brier (minimised)."""
+    n_folds: int = 3
+    """Patient-grouped cross-validation folds over the training patients."""
+    num_samples: int = 12
+    """Configurations to try (the default configuration counts as the first)."""
+    time_budget_s: float | None = 600.0
+    """Stop proposing and running trials after this many seconds (None: no limit)."""
+    seed: int = 0
+    """Seeds the Optuna sampler, the folds and every model and oversampler."""
+    models: tuple[str, ...] = ("logreg", "random_forest", "xgboost", "svm")
+    """Model families the search may choose."""
+    oversample: tuple[str, ...] = ("none", "smote", "ctgan")
+    """Oversampling modes the search may choose."""
+    scheduler: str = "asha"
+    """Early stopping between folds: asha, or fifo (every trial runs all folds)."""
+    repeats: int = 1
+    """Seeds per configuration (> 1 shows the spread across seeds; needs --scheduler fifo)."""
+    storage: str = "results/tune"
+    """Local folder or URI (s3://, gs://) that holds the experiment."""
+    name: str = "classifiers"
+    """Experiment folder name under `storage`."""
+    max_failures: int = 1
+    """Retries of a failing trial (Tune's FailureConfig)."""
+    cpus_per_trial: float = 1.0
+    """CPUs Tune reserves per trial; concurrency is the cluster's CPUs divided by this."""
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """`ClassifierSettings` fields held fixed in every trial (e.g. ctgan_batch_size)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option that is out of range."""
+        if self.metric not in CLASSIFIER_METRICS:
+            raise ValueError(
+                f"cannot tune on {self.metric!r}; choose from {tuple(CLASSIFIER_METRICS)}"
+            )
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds={self.n_folds}: cross-validation needs at least 2 folds")
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        if self.scheduler not in ("asha", "fifo"):
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose asha or fifo")
+        if self.repeats < 1:
+            raise ValueError("repeats must be at least 1")
+        if self.repeats > 1 and self.scheduler != "fifo":
+            raise ValueError(
+                "repeating configurations across seeds averages complete trials; early stopping "
+                "would cut repeats short. Use --scheduler fifo with --repeats > 1"
+            )
+        unknown = set(self.fixed) - {f.name for f in dataclasses.fields(ClassifierSettings)}
+        if unknown:
+            raise ValueError(f"unknown ClassifierSettings field(s) {sorted(unknown)}")
+        self.space()  # checks models and oversample
+
+    @property
+    def mode(self) -> str:
+        return CLASSIFIER_METRICS[self.metric]
+
+    @property
+    def tune_metric(self) -> str:
+        """The name trials report the running cross-validated mean under."""
+        return f"cv_{self.metric}"
+
+    def space(self) -> dict[str, Any]:
+        return restrict(CLASSIFIER_SPACE, model=self.models, oversample=self.oversample)
+
+    def default_point(self) -> dict[str, Any] | None:
+        """The untuned default, if the restricted space contains it."""
+        point = dict(DEFAULT_CLASSIFIER)
+        if point["model"] not in self.models or point["oversample"] not in self.oversample:
+            return None
+        return point
+
+
+# -- folds and one trial ---------------------------------------------------------------------------
+
+
+def patient_folds(
+    patient_ids: Sequence[str], labels: np.ndarray, n_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held-out rows) per fold: no patient on both sides, label shares kept."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    rows = np.arange(len(labels))
+    return [(fit, held) for fit, held in splitter.split(rows, labels, groups=list(patient_ids))]
+
+
+def settings_of(config: dict[str, Any]) -> ClassifierSettings:
+    """The `ClassifierSettings` of a trial's config (fixed options, sampled values, seed)."""
+    names = {f.name for f in dataclasses.fields(ClassifierSettings)}
+    values = {k: v for k, v in config.get("fixed", {}).items() if k in names}
+    values.update({k: v for k, v in config.items() if k in names})
+    values["seed"] = int(config.get("seed", 0)) + int(config.get(TRIAL_INDEX_KEY, 0) or 0)
+    return ClassifierSettings(**values)
+
+
+def fold_score(metric: str, labels: np.ndarray, scores: np.ndarray) -> float:
+    """`metric` of one held-out fold (threshold-free metrics only)."""
+    from training.metrics import metric_draws
+
+    values = metric_draws(labels, scores, 0.5, np.ones((1, len(labels))))
+    return float(values[metric][0])
+
+
+def classifier_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: cross-validate one configuration, reporting after every fold."""
+    from ray import tune
+
+    from training.classifiers import build_pipeline, check_no_leakage, instrument
+    from training.classify import load_features, positive_scores
+
+    search = config["search"]
+    metric = search["metric"]
+    table = load_features(Path(search["data"]))
+    X, y, ids = table.part("train")
+    folds = patient_folds(ids, y, search["n_folds"], search["fold_seed"])
+    settings = settings_of(config)
+    done = _fold_state(tune.get_checkpoint())
+    for index, (fit_rows, held_rows) in enumerate(folds):
+        if index < len(done):
+            continue
+        start = time.perf_counter()
+        pipeline = instrument(
+            build_pipeline(config["model"], config["oversample"], settings, table.discrete_columns)
+        )
+        X_fit = X.iloc[fit_rows].reset_index(drop=True)
+        X_held = X.iloc[held_rows].reset_index(drop=True)
+        pipeline.fit(X_fit, y[fit_rows])
+        # Proof, per fold, that no held-out patient reached the oversampler or any fitted step.
+        check_no_leakage(
+            pipeline,
+            X_fit,
+            {"held-out fold": X_held},
+            {"held-out fold": [ids[i] for i in held_rows]},
+        )
+        score = fold_score(metric, y[held_rows], positive_scores(pipeline, X_held))
+        done.append({"fold": index + 1, metric: score, "seconds": time.perf_counter() - start})
+        scores = [d[metric] for d in done]
+        report = {
+            f"cv_{metric}": float(np.mean(scores)),
+            f"fold_{metric}": score,
+            f"cv_{metric}_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan"),
+            "folds_done": len(done),
+            "fold_seconds": done[-1]["seconds"],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / FOLD_STATE_FILE).write_text(json.dumps(done))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _fold_state(checkpoint: Any) -> list[dict[str, Any]]:
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        return json.loads((Path(folder) / FOLD_STATE_FILE).read_text())
+
+
+# -- the search ------------------------------------------------------------------------------------
+
+
+def search_record(search: ClassifierSearch) -> dict[str, Any]:
+    """What `search.json` holds for a classifier search."""
+    return {
+        "kind": "classifiers",
+        "metric": search.tune_metric,
+        "mode": search.mode,
+        "per_step_metric": f"fold_{search.metric}",
+        "step_name": "fold",
+        "max_steps": search.n_folds,
+        "params": dimension_names(search.space()),
+        "space": describe(search.space()),
+        "default": search.default_point(),
+        "scheduler": search.scheduler,
+        "repeats": search.repeats,
+        "num_samples": search.num_samples,
+        "time_budget_s": search.time_budget_s,
+        "seed": search.seed,
+        "data": str(Path(search.data).resolve()),
+        "fixed": dict(search.fixed),
+        "select_metric": search.metric,
+    }
+
+
+def _fixed_config(search: ClassifierSearch) -> dict[str, Any]:
+    return {
+        "search": {
+            "data": str(Path(search.data).resolve()),
+            "metric": search.metric,
+            "n_folds": search.n_folds,
+            "fold_seed": search.seed,
+        },
+        "fixed": dict(search.fixed),
+        "seed": search.seed,
+    }
+
+
+def _trainable(search: ClassifierSearch) -> Any:
+    from ray import tune
+
+    return tune.with_resources(classifier_trial, {"cpu": search.cpus_per_trial})
+
+
+def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> SearchOutcome:
+    """Run (or resume) the search; Ray must be initialised by the caller."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter, Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    search.validate()
+    from training.classify import load_features
+
+    load_features(Path(search.data))  # fail here, not in every trial, on an unusable folder
+    path = experiment_path(search.storage, search.name)
+    trainable = _trainable(search)
+
+    def make_tuner() -> Any:
+        import optuna
+
+        default = search.default_point()
+        searcher: Any = OptunaSearch(
+            space=functools.partial(suggest, search.space()),
+            metric=search.tune_metric,
+            mode=search.mode,
+            points_to_evaluate=[default] if default else None,
+            sampler=optuna.samplers.TPESampler(seed=search.seed),
+        )
+        if search.repeats > 1:
+            searcher = Repeater(searcher, repeat=search.repeats)
+        searcher = ConcurrencyLimiter(
+            searcher, max_concurrent=concurrency_for(search.cpus_per_trial)
+        )
+        scheduler = (
+            ASHAScheduler(max_t=search.n_folds, grace_period=1, reduction_factor=2)
+            if search.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        write_text(path + "/" + SEARCH_FILE, json.dumps(search_record(search), indent=2))
+        return tune.Tuner(
+            trainable,
+            param_space=_fixed_config(search),
+            tune_config=tune.TuneConfig(
+                metric=search.tune_metric,
+                mode=search.mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=search.num_samples * search.repeats,
+                time_budget_s=search.time_budget_s,
+                trial_dirname_creator=trial_dirname,
+                trial_name_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=search.name,
+                storage_path=storage_path(search.storage),
+                failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1,
+                    checkpoint_score_attribute=search.tune_metric,
+                    checkpoint_score_order=search.mode,
+                ),
+                verbose=0,
+            ),
+        )
+
+    def restore(location: str) -> Any:
+        return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
+
+    return run_tuner(
+        make_tuner,
+        restore,
+        path,
+        resume,
+        search.tune_metric,
+        search.mode,
+        search.num_samples * search.repeats,
+    )
+
+
+# -- the best configuration as a `classify` config file --------------------------------------------
+
+
+def classify_config_dict(config: dict[str, Any], select_metric: str = "pr_auc") -> dict[str, Any]:
+    """A trial's configuration as the config file `sepsis-rl classify --config` reads."""
+    settings = dataclasses.asdict(settings_of(config))
+    return {
+        "models": [config["model"]],
+        "oversample": [config["oversample"]],
+        "select_metric": select_metric,
+        "settings": settings,
+    }
+
+
+def classify_config_from_file(
+    path: str | Path, base: ClassifyConfig | None = None
+) -> ClassifyConfig:
+    """`base` (or the defaults) with the fields of a YAML/JSON config file applied.
+
+    The file holds any of `ClassifyConfig`'s fields; `settings` any of `ClassifierSettings`'.
+    Raises ValueError for an unreadable file or an unknown field (the message lists valid ones).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of ClassifyConfig fields to values")
+    base = base or ClassifyConfig()
+    top = {f.name for f in dataclasses.fields(ClassifyConfig)}
+    unknown = sorted(set(values) - top)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(top)}")
+    settings_values = values.pop("settings", None) or {}
+    names = {f.name for f in dataclasses.fields(ClassifierSettings)}
+    unknown = sorted(set(settings_values) - names)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown settings field(s) {unknown}; valid settings: {sorted(names)}"
+        )
+    for key in ("models", "oversample"):
+        if key in values:
+            values[key] = tuple([values[key]] if isinstance(values[key], str) else values[key])
+    settings = dataclasses.replace(base.settings, **settings_values)
+    return dataclasses.replace(base, **values, settings=settings)
+
+
+def refit_best(
+    data: Path, out: Path, config: dict[str, Any], select_metric: str = "pr_auc"
+) -> dict[str, Any]:
+    """Refit the best configuration by `classify`'s protocol; the one touch of test patients.
+
+    Returns the metrics document `run_classification` wrote to `out/metrics.json`.
+    """
+    from training.classify import run_classification
+
+    values = classify_config_dict(config, select_metric)
+    classify_config = ClassifyConfig(
+        models=tuple(values["models"]),
+        oversample=tuple(values["oversample"]),
+        select_metric=select_metric,
+        settings=ClassifierSettings(**values["settings"]),
+    )
+    return run_classification(data, out, classify_config).metrics

@@ -1,0 +1,414 @@
+"""`sepsis-rl tune rl`: search DQN's hyper-parameters, scored by the greedy policy.
+
+Every trial builds its RLlib config with `training.rl_config.build_dqn_config`, the function
+`sepsis-rl train` uses, from the base options (`--config`, the same file `train` reads) with the
+trial's sampled values (`tuning.spaces.RL_SPACE`) on top. So the best trial's options, written
+as YAML, are a file `sepsis-rl train --config` accepts as it is.
+
+A trial trains for `iterations_per_trial` RLlib iterations. After each it evaluates the greedy
+policy (RLlib's evaluation with `explore=False`, which the builder configures) and reports that
+return as `eval_return`: trials are compared and early-stopped on it, never on the exploring
+training return. Checkpoints hold the replay buffer as well (`training.rl_train.save_checkpoint`;
+RLlib's new-stack checkpoints leave it out), so a Tune retry, a resumed search, or a PBT exploit
+continues with the data the weights were trained on.
+
+Schedulers (`--scheduler`):
+- `asha` (default): Optuna's TPE proposes configurations; ASHA stops the worst after 1, 2, 4...
+  iterations.
+- `pbt`: population-based training. Random initial configurations; every `perturbation_interval`
+  iterations the worst quarter copies the weights and buffer of the best quarter and perturbs
+  `PBT_MUTABLE` (learning rate, gamma, replay alpha/beta, target update period).
+- `fifo`: every trial runs all iterations (use with `--repeats` to see the spread over seeds).
+
+Resources: each trial asks for exactly what its algorithm will create (one bundle for the
+driver-and-learner, one per env runner; `num_cpus_per_env_runner` may be fractional), and as many
+trials run at once as the cluster's CPUs hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.rl_config import (
+    EPISODE_RETURNS_KEY,
+    RLOptions,
+    build_dqn_config,
+    options_from_dict,
+    save_options,
+)
+from tuning.runner import (
+    SEARCH_FILE,
+    SearchOutcome,
+    concurrency_for,
+    experiment_path,
+    load_search,
+    run_tuner,
+    storage_path,
+    trial_dirname,
+    write_text,
+)
+from tuning.spaces import (
+    LAYER_CHOICES,
+    PBT_MUTABLE,
+    RL_SPACE,
+    describe,
+    dimension_names,
+    suggest,
+    tune_space,
+)
+
+TRIAL_INDEX_KEY = "__trial_index__"
+"""Set by Tune's Repeater on repeated configurations; offsets the seed."""
+TRIAL_STATE_FILE = "trial_state.json"
+ALGO_SUBDIR = "algo"
+METRIC = "eval_return"
+"""Mean return of the greedy policy's evaluation episodes after an iteration."""
+CI_Z = 1.96
+
+
+@dataclass
+class RLSearch:
+    """Every option of a DQN search; the field list is the documentation."""
+
+    base: RLOptions = field(default_factory=RLOptions)
+    """Options every trial starts from (the `--config` file `train` reads); searched fields are
+    replaced by each trial's values."""
+    num_samples: int = 6
+    """Configurations to try (the base configuration counts as the first)."""
+    iterations_per_trial: int = 6
+    """RLlib training iterations per trial (each samples `min_sample_timesteps_per_iteration`)."""
+    time_budget_s: float | None = 900.0
+    """Stop proposing and running trials after this many seconds (None: no limit)."""
+    seed: int = 0
+    """Seeds the search and every trial (trial seed = seed + repeat index)."""
+    scheduler: str = "asha"
+    """asha (Optuna + ASHA), pbt (population-based training), or fifo."""
+    perturbation_interval: int = 2
+    """PBT: iterations between exploit/explore steps."""
+    repeats: int = 1
+    """Seeds per configuration (> 1 needs --scheduler fifo)."""
+    eval_episodes: int = 10
+    """Greedy evaluation episodes after every iteration."""
+    checkpoint_every: int = 1
+    """Iterations between trial checkpoints (the last iteration always checkpoints)."""
+    cpus_for_main_process: float = 0.5
+    """CPUs reserved for a trial's driver, which also runs its learner and its evaluation."""
+    storage: str = "results/tune"
+    """Local folder or URI (s3://, gs://) that holds the experiment."""
+    name: str = "rl"
+    """Experiment folder name under `storage`."""
+    max_failures: int = 1
+    """Retries of a failing trial (Tune's FailureConfig)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option that is out of range."""
+        if self.scheduler not in ("asha", "pbt", "fifo"):
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose asha, pbt or fifo")
+        for name in ("num_samples", "iterations_per_trial", "repeats", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.repeats > 1 and self.scheduler != "fifo":
+            raise ValueError(
+                "repeating configurations across seeds averages complete trials; early stopping "
+                "or PBT would cut repeats short. Use --scheduler fifo with --repeats > 1"
+            )
+        if self.cpus_for_main_process <= 0:
+            raise ValueError("cpus_for_main_process must be positive")
+
+    def default_point(self) -> dict[str, Any] | None:
+        """The base options' values of the searched fields, if each is a valid choice."""
+        return encode(self.base)
+
+
+# -- sampled values <-> options -----------------------------------------------------------------
+
+
+def encode(options: RLOptions) -> dict[str, Any] | None:
+    """The searched fields of `options` as the search samples them (layer lists by name)."""
+    point: dict[str, Any] = {}
+    for name in RL_SPACE:
+        value = getattr(options, name)
+        if name in LAYER_CHOICES:
+            names = [k for k, v in LAYER_CHOICES[name].items() if list(v) == list(value)]
+            if not names:
+                return None
+            value = names[0]
+        point[name] = value
+    return point
+
+
+def decode(sampled: dict[str, Any]) -> dict[str, Any]:
+    """Sampled values as `RLOptions` fields (layer names -> lists of sizes)."""
+    out = {}
+    for name, value in sampled.items():
+        if name in LAYER_CHOICES:
+            value = list(LAYER_CHOICES[name][value])
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[name] = value
+    return out
+
+
+def best_options(config: dict[str, Any]) -> RLOptions:
+    """The options a trial's configuration stands for, as `sepsis-rl train` would run them."""
+    sampled = {k: v for k, v in config.items() if k in RL_SPACE}
+    options = options_from_dict(decode(sampled), base=options_from_dict(dict(config["base"])))
+    options.seed = int(config["base"]["seed"]) + int(config.get(TRIAL_INDEX_KEY, 0) or 0)
+    return options
+
+
+def trial_options(config: dict[str, Any]) -> RLOptions:
+    """`best_options` plus what a trial needs: a greedy evaluation after every iteration."""
+    options = best_options(config)
+    options.evaluation_interval = 1
+    options.evaluation_episodes = int(config["trial"]["eval_episodes"])
+    return options
+
+
+def placed(config: Any, cpus_for_main_process: float) -> Any:
+    """The algorithm config with its driver's (and local learner's) CPU reservation set.
+
+    Only placement changes: what is trained is exactly what `build_dqn_config` built.
+    """
+    return config.resources(num_cpus_for_main_process=cpus_for_main_process).learners(
+        num_cpus_per_learner=cpus_for_main_process
+    )
+
+
+def trial_resources(search: RLSearch) -> Any:
+    """The placement group one trial needs, as RLlib computes it for the trial's config."""
+    config = placed(build_dqn_config(search.base), search.cpus_for_main_process)
+    return config.algo_class.default_resource_request(config)
+
+
+# -- one trial -------------------------------------------------------------------------------------
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its normal-approximation 95% interval (NaN interval for fewer than 2 values)."""
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = CI_Z * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def rl_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: train DQN, reporting the greedy evaluation return after each iteration."""
+    from ray import tune
+
+    from training.rl_train import metrics_of, restore_checkpoint, save_checkpoint
+
+    options = trial_options(config)
+    settings = config["trial"]
+    algo = placed(build_dqn_config(options), settings["cpus_for_main_process"]).build_algo()
+    try:
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                restore_checkpoint(algo, Path(folder) / ALGO_SUBDIR)
+                start = json.loads((Path(folder) / TRIAL_STATE_FILE).read_text())["iteration"]
+            # The optimizer state carries the checkpoint's learning rate; PBT may have changed it.
+            _set_learning_rate(algo, options.lr)
+        last_eval = float("nan")
+        total = int(settings["iterations"])
+        for iteration in range(start + 1, total + 1):
+            result = algo.train()
+            metrics = metrics_of(result, options, last_eval)
+            last_eval = metrics.eval_return_mean
+            evaluation = result.get("evaluation", {}).get("env_runners", {})
+            returns = [float(r) for r in _as_list(evaluation.get(EPISODE_RETURNS_KEY))]
+            mean, low, high = mean_interval(returns)
+            report = {
+                METRIC: metrics.eval_return_mean if not returns else mean,
+                f"{METRIC}_ci_low": low,
+                f"{METRIC}_ci_high": high,
+                "eval_episodes": len(returns),
+                "train_return": metrics.episode_return_mean,
+                "env_steps": metrics.env_steps,
+                "episodes": metrics.episodes,
+                "qf_loss": metrics.qf_loss,
+                "epsilon": metrics.epsilon,
+                "steps_per_s": metrics.steps_per_s,
+                "iteration": iteration,
+            }
+            if iteration % int(settings["checkpoint_every"]) and iteration != total:
+                tune.report(report)
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(algo, Path(tmp) / ALGO_SUBDIR, options, with_buffer=True)
+                (Path(tmp) / TRIAL_STATE_FILE).write_text(json.dumps({"iteration": iteration}))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+    finally:
+        algo.stop()
+
+
+def _set_learning_rate(algo: Any, lr: float) -> None:
+    def apply(learner: Any) -> None:
+        for optimizer in learner._named_optimizers.values():
+            learner._set_optimizer_lr(optimizer, lr)
+
+    algo.learner_group.foreach_learner(apply)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+# -- the search ------------------------------------------------------------------------------------
+
+
+def search_record(search: RLSearch) -> dict[str, Any]:
+    """What `search.json` holds for an RL search."""
+    return {
+        "kind": "rl",
+        "metric": METRIC,
+        "mode": "max",
+        "per_step_metric": METRIC,
+        "step_name": "iteration",
+        "max_steps": search.iterations_per_trial,
+        "params": dimension_names(RL_SPACE),
+        "space": describe(RL_SPACE),
+        "default": search.default_point(),
+        "scheduler": search.scheduler,
+        "repeats": search.repeats,
+        "num_samples": search.num_samples,
+        "time_budget_s": search.time_budget_s,
+        "seed": search.seed,
+        "base_options": search.base.to_dict(),
+        "eval_episodes": search.eval_episodes,
+    }
+
+
+def _fixed_config(search: RLSearch) -> dict[str, Any]:
+    base = search.base.to_dict()
+    base["seed"] = search.seed
+    return {
+        "base": base,
+        "trial": {
+            "iterations": search.iterations_per_trial,
+            "eval_episodes": search.eval_episodes,
+            "checkpoint_every": search.checkpoint_every,
+            "cpus_for_main_process": search.cpus_for_main_process,
+        },
+    }
+
+
+def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, Any, dict]:
+    """(scheduler, search algorithm, extra param_space entries) for `search.scheduler`."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    default = search.default_point()
+    if search.scheduler == "pbt":
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=search.perturbation_interval,
+            hyperparam_mutations=tune_space(RL_SPACE, only=PBT_MUTABLE),
+        )
+        searcher = BasicVariantGenerator(
+            points_to_evaluate=[default] if default else None,
+            random_state=search.seed,
+            max_concurrent=concurrency,
+        )
+        return scheduler, searcher, tune_space(RL_SPACE)
+    searcher: Any = OptunaSearch(
+        space=functools.partial(suggest, RL_SPACE),
+        metric=METRIC,
+        mode="max",
+        points_to_evaluate=[default] if default else None,
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+    )
+    if search.repeats > 1:
+        searcher = Repeater(searcher, repeat=search.repeats)
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    if search.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            max_t=search.iterations_per_trial, grace_period=1, reduction_factor=2
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return scheduler, searcher, {}
+
+
+def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
+    """Run (or resume) the search; Ray must be initialised by the caller."""
+    from ray import tune
+
+    search.validate()
+    path = experiment_path(search.storage, search.name)
+    if resume:
+        # Trials must be rebuilt with the options the search started with, not today's flags.
+        search = dataclasses.replace(
+            search, base=options_from_dict(load_search(path)["base_options"])
+        )
+    resources = trial_resources(search)
+    cpus = sum(bundle.get("CPU", 0.0) for bundle in resources.bundles)
+    trainable = tune.with_resources(rl_trial, resources)
+
+    def make_tuner() -> Any:
+        scheduler, searcher, domains = _scheduler_and_searcher(search, concurrency_for(cpus))
+        write_text(path + "/" + SEARCH_FILE, json.dumps(search_record(search), indent=2))
+        return tune.Tuner(
+            trainable,
+            param_space={**_fixed_config(search), **domains},
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=search.num_samples * search.repeats,
+                time_budget_s=search.time_budget_s,
+                trial_dirname_creator=trial_dirname,
+                trial_name_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=search.name,
+                storage_path=storage_path(search.storage),
+                failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+                ),
+                verbose=0,
+            ),
+        )
+
+    def restore(location: str) -> Any:
+        return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
+
+    return run_tuner(
+        make_tuner, restore, path, resume, METRIC, "max", search.num_samples * search.repeats
+    )
+
+
+def export_options(config: dict[str, Any], path: str | Path) -> RLOptions:
+    """Write the options of a trial's configuration as YAML for `sepsis-rl train --config`."""
+    options = best_options(config)
+    save_options(options, path)
+    return options
+
+
+def options_dict(options: RLOptions) -> dict[str, Any]:
+    """Plain-data view of options (for reports)."""
+    return dataclasses.asdict(options)

@@ -1,0 +1,226 @@
+"""What both searches share: Ray on loopback, where results go, how a search is run or resumed.
+
+An experiment folder (`<storage>/<name>/`) holds Tune's own files (one folder per trial with
+`params.json`, `result.json`, `error.txt`, checkpoints; `experiment_state-*.json`) plus two of
+ours, so the analysis can run on a copied folder without Ray:
+
+    search.json    what was searched: kind, metric and mode, the space, the default point,
+                   the fixed options, scheduler and budgets (written before the first trial)
+    trials.json    each trial's final status and error as Tune saw them (written at the end)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SEARCH_FILE = "search.json"
+TRIALS_FILE = "trials.json"
+DEFAULT_STORAGE = "results/tune"
+"""Default `--storage`: a local folder (git ignores `results/`)."""
+
+
+class SearchError(RuntimeError):
+    """A search cannot start or resume; the message says what to do."""
+
+
+def is_uri(storage: str) -> bool:
+    """True for `s3://...`, `gs://...`, `file://...`; False for a local path."""
+    return "://" in storage
+
+
+def experiment_path(storage: str, name: str) -> str:
+    """`<storage>/<name>`, absolute for a local folder (Tune needs absolute paths)."""
+    if is_uri(storage):
+        return storage.rstrip("/") + "/" + name
+    return str(Path(storage).expanduser().resolve() / name)
+
+
+def storage_path(storage: str) -> str:
+    """The `RunConfig.storage_path` for `storage`."""
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def write_text(location: str, text: str) -> None:
+    """Write `text` to a local path or a URI (through pyarrow's filesystems, as Tune does)."""
+    if not is_uri(location):
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def read_text(location: str) -> str | None:
+    """The text at a local path or URI, or None when it does not exist."""
+    if not is_uri(location):
+        path = Path(location)
+        return path.read_text() if path.is_file() else None
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def init_ray(address: str | None = None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS, set inside `ray job submit`), or start a local Ray
+    bound to loopback only. Returns True when this call started Ray (the caller stops it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    # Without this, Ray binds its services to the machine's default network interface.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def concurrency_for(cpus_per_trial: float) -> int:
+    """How many trials fit at once in the cluster's CPUs (at least one)."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    if cpus_per_trial > cpus:
+        raise SearchError(
+            f"a trial needs {cpus_per_trial:g} CPUs but the cluster has {cpus:g}; it would wait "
+            "forever. Use fewer env runners or fewer CPUs per env runner."
+        )
+    return max(1, math.floor(cpus / cpus_per_trial + 1e-9))
+
+
+@dataclass
+class SearchOutcome:
+    """How a search ended."""
+
+    path: str
+    """The experiment folder (local path or URI)."""
+    finished: bool
+    """False when the search was interrupted before every trial ended (resume it)."""
+    trials: list[dict[str, Any]]
+    """Per trial: id, status, error, last metric."""
+    best: dict[str, Any] | None
+    """Best trial: id, config, metric value, checkpoint path; None if no trial reported."""
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short, stable trial folder names (Tune's default embeds the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def run_tuner(
+    make_tuner: Callable[[], Any],
+    restore: Callable[[str], Any],
+    path: str,
+    resume: bool,
+    metric: str,
+    mode: str,
+    expected_trials: int,
+) -> SearchOutcome:
+    """Fit a new Tuner or restore the one at `path`, then record how every trial ended."""
+    from ray import tune
+
+    exists = tune.Tuner.can_restore(path)
+    if resume and not exists:
+        raise SearchError(f"nothing to resume: {path} holds no Tune experiment")
+    if not resume and exists:
+        raise SearchError(
+            f"{path} already holds a search; pass --resume to continue it, or choose another "
+            "--name or --storage"
+        )
+    tuner = restore(path) if resume else make_tuner()
+    grid = tuner.fit()
+    trials = [_trial_record(result, metric) for result in grid]
+    ended = [t for t in trials if t["status"] in ("TERMINATED", "ERROR")]
+    best = None
+    try:
+        result = grid.get_best_result(metric, mode, scope="all", filter_nan_and_inf=True)
+    except RuntimeError:  # no trial reported the metric
+        result = None
+    if result is not None and result.metrics:
+        checkpoint = _best_checkpoint(result, metric, mode)
+        best = {
+            "trial_id": result.metrics.get("trial_id"),
+            "config": result.config,
+            "value": _best_value(result, metric, mode),
+            "checkpoint": checkpoint,
+            "path": result.path,
+        }
+    finished = len(ended) >= expected_trials or _budget_spent(grid)
+    write_text(
+        path.rstrip("/") + "/" + TRIALS_FILE,
+        json.dumps({"finished": finished, "trials": trials, "best": best}, indent=2, default=str),
+    )
+    return SearchOutcome(path, finished, trials, best)
+
+
+def _budget_spent(grid: Any) -> bool:
+    """Tune's time budget ended the search: every trial that exists has ended."""
+    statuses = [_status(r) for r in grid]
+    return bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses)
+
+
+def _status(result: Any) -> str:
+    if result.error is not None:
+        return "ERROR"
+    metrics = result.metrics or {}
+    return "TERMINATED" if metrics.get("done") else "UNFINISHED"
+
+
+def _trial_record(result: Any, metric: str) -> dict[str, Any]:
+    metrics = result.metrics or {}
+    error = None
+    if result.error is not None:
+        error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1:]}"
+    return {
+        "trial_id": metrics.get("trial_id") or Path(result.path).name,
+        "path": result.path,
+        "status": _status(result),
+        "error": error,
+        "iterations": metrics.get("training_iteration"),
+        metric: metrics.get(metric),
+    }
+
+
+def _best_value(result: Any, metric: str, mode: str) -> float | None:
+    frame = result.metrics_dataframe
+    if frame is None or metric not in frame:
+        return result.metrics.get(metric)
+    values = frame[metric].dropna()
+    if values.empty:
+        return None
+    return float(values.max() if mode == "max" else values.min())
+
+
+def _best_checkpoint(result: Any, metric: str, mode: str) -> str | None:
+    scored = [(c, m.get(metric)) for c, m in result.best_checkpoints if m.get(metric) is not None]
+    if not scored:
+        return result.checkpoint.path if result.checkpoint else None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda pair: pair[1])[0].path
+
+
+def load_search(path: str) -> dict[str, Any]:
+    """The `search.json` of an experiment folder, or SearchError."""
+    text = read_text(path.rstrip("/") + "/" + SEARCH_FILE)
+    if text is None:
+        raise SearchError(f"{path} has no {SEARCH_FILE}: it was not written by `sepsis-rl tune`")
+    return json.loads(text)
