@@ -33,12 +33,18 @@ from typing import Any
 
 # --- Targets and thresholds (clinical definitions) -----------------------------------------------
 MAP_TARGET_MMHG = 65.0  # Surviving Sepsis Campaign 2021: initial MAP target 65 mmHg
+# Chronic hypertension and arteriosclerosis shift renal and cerebral autoregulation upwards with
+# age, so older organs need a higher MAP (SEPSISPAM, Asfar 2014: a MAP of 80-85 mmHg spared the
+# kidneys of chronically hypertensive patients). Organs are hypoperfused below
+# MAP_TARGET_MMHG + AUTOREGULATION_SHIFT_PER_YEAR x (age - AUTOREGULATION_SHIFT_FROM_YEARS)+.
+AUTOREGULATION_SHIFT_FROM_YEARS = 50.0
+AUTOREGULATION_SHIFT_PER_YEAR = 0.15  # mmHg per year: 69.5 mmHg at 80 years
 SPO2_HYPOXAEMIA_PCT = 90.0  # SpO2 below 90 % ~ PaO2 < 60 mmHg: tissue hypoxia, organ damage accrues
 SPO2_STABLE_PCT = 92.0  # SpO2 needed to leave the ICU (BTS oxygen guideline target 92-96 %)
 RESP_FATIGUE_PER_MIN = 30.0  # breathing rate above which respiratory muscles fatigue (qSOFA > 22)
 RESP_STABLE_PER_MIN = 24.0  # breathing rate compatible with ward care
 LACTATE_STABLE_MMOL_L = 2.0  # Sepsis-3 septic-shock lactate threshold (> 2 mmol/L)
-INFECTION_CONTROLLED = 0.25  # infection burden below which discharge is considered
+INFECTION_CONTROLLED = 0.2  # infection burden below which discharge is considered
 DISCHARGE_STABLE_HOURS = 12.0  # hours stable off ventilation and vasopressors before discharge
 
 # --- Normal physiology ---------------------------------------------------------------------------
@@ -46,7 +52,7 @@ SPO2_HEALTHY_PCT = 98.5  # SpO2 of healthy lungs on room air
 RESP_BASE_PER_MIN = 14.0  # resting breathing rate
 TEMP_NORMAL_C = 36.8  # normal core temperature (reference section 2: median 37.0)
 LACTATE_NORMAL_MMOL_L = 1.0  # normal blood lactate
-BASELINE_MAP_MIN_MMHG = 75.0  # pre-septic MAP of at least 75: shock is the sepsis, not the patient
+BASELINE_MAP_MIN_MMHG = 85.0  # pre-septic MAP of at least 85: shock is the sepsis, not the patient
 BASELINE_MAP_MAX_MMHG = 115.0  # cap on a patient's pre-septic MAP (treated hypertension)
 
 # --- Infection ------------------------------------------------------------------------------------
@@ -55,9 +61,9 @@ INFECTION_CLEARANCE_PER_H = 0.028  # with adequate antibiotics: burden half-life
 
 # --- Vasoplegia and blood pressure ---------------------------------------------------------------
 VASOPLEGIA_PER_INFECTION_MMHG = 32.0  # full infection burden costs 32 mmHg of MAP (septic shock)
-VASOPLEGIA_PER_DAMAGE_MMHG = 18.0  # acidosis and cardiomyopathy of organ failure lower MAP further
+VASOPLEGIA_PER_DAMAGE_MMHG = 14.0  # acidosis and cardiomyopathy of organ failure lower MAP further
 VASOPLEGIA_TAU_H = 6.0  # hours for vasoplegia to follow its drivers (vitals lag the infection)
-VASOPRESSOR_MAP_GAIN_MMHG = 28.0  # noradrenaline at a usual dose raises MAP ~20-30 mmHg
+VASOPRESSOR_MAP_GAIN_MMHG = 24.0  # noradrenaline at a usual dose raises MAP ~20-30 mmHg
 VASOPRESSOR_DAMAGE_BLUNTING = 0.2  # fraction of the vasopressor effect lost per unit of damage
 VENTILATION_MAP_DROP_MMHG = 7.0  # positive pressure and sedation reduce venous return and MAP
 MAP_FLOOR_MMHG = 20.0  # lowest MAP modelled (circulatory arrest)
@@ -105,7 +111,7 @@ VENT_COMPLICATION_DAMAGE = 0.15  # organ damage added by a complication
 
 # --- Death ---------------------------------------------------------------------------------------
 DEATH_HAZARD_BASE_PER_H = 0.0002  # background ICU death hazard
-DEATH_HAZARD_PER_DAMAGE3_PER_H = 0.009  # hazard per damage cubed: mortality climbs steeply with
+DEATH_HAZARD_PER_DAMAGE3_PER_H = 0.007  # hazard per damage cubed: mortality climbs steeply with
 # the number of failing organs (SOFA > 11 ~ 90 % mortality, Vincent 1998)
 DEATH_HAZARD_PER_SHOCK_PER_H = 0.004  # hazard per 10 mmHg of MAP below 50 (refractory shock)
 DEATH_HAZARD_PER_HYPOXIA_PER_H = 0.004  # hazard per 10 SpO2 points below 80 % (hypoxic arrest)
@@ -170,7 +176,7 @@ MinMax = Callable[[Num, Num], Num]
 PATIENT_FIELDS = (
     "infection", "vasoplegia", "lung", "damage", "lactate",
     "baseline_map", "pulse_pressure", "baseline_hr", "fever", "lung_susceptibility", "age",
-    "response", "frailty", "vasopressor_gain", "ventilation_relief",
+    "response", "frailty", "vasopressor_gain", "ventilation_relief", "perfusion_map",
     "oxygen", "ventilation", "vasopressors", "ventilation_hours", "vasopressor_hours",
     "stable_hours", "hours",
 )  # fmt: skip
@@ -192,6 +198,13 @@ def age_response(age: Num, mx: MinMax) -> Num:
 def age_frailty(age: Num, mx: MinMax) -> Num:
     """Multiplier (>= 1) on damage accrual and death hazard: older patients deteriorate faster."""
     return 1.0 + AGE_FRAILTY_PER_YEAR * mx(age - AGE_EFFECT_FROM_YEARS, 0.0)
+
+
+def perfusion_map(age: Num, mx: MinMax) -> Num:
+    """MAP (mmHg) below which the organs of a patient of this age are hypoperfused."""
+    return MAP_TARGET_MMHG + AUTOREGULATION_SHIFT_PER_YEAR * mx(
+        age - AUTOREGULATION_SHIFT_FROM_YEARS, 0.0
+    )
 
 
 def admit(p: Patient, row: tuple, r: Any, mx: MinMax, mn: MinMax) -> None:
@@ -223,6 +236,7 @@ def admit(p: Patient, row: tuple, r: Any, mx: MinMax, mn: MinMax) -> None:
     p.frailty = age_frailty(age, mx)
     p.vasopressor_gain = VASOPRESSOR_MAP_GAIN_MMHG * p.response
     p.ventilation_relief = VENTILATION_RELIEF_FRACTION * p.response
+    p.perfusion_map = perfusion_map(age, mx)
     zero = 0.0 * age
     p.oxygen = zero
     p.ventilation = zero
@@ -289,7 +303,7 @@ def advance(
     infection = p.infection
 
     mean_ap, native_map, spo2, resp = vitals(p, mx, mn)
-    hypotension = mx(MAP_TARGET_MMHG - mean_ap, 0.0)  # mmHg below target
+    hypotension = mx(p.perfusion_map - mean_ap, 0.0)  # mmHg below what the organs need
     hypoxaemia = mx(SPO2_HYPOXAEMIA_PCT - spo2, 0.0)  # SpO2 points below 90 %
     fatigue = mx(resp - RESP_FATIGUE_PER_MIN, 0.0) * (1.0 - ventilation)  # /min above 30
 
@@ -299,7 +313,7 @@ def advance(
         * (_DAMAGE_PER_HYPOTENSION_MMHG * hypotension + _DAMAGE_PER_HYPOXAEMIA_PCT * hypoxaemia)
         + vasopressors
         * (
-            _DAMAGE_VASOPRESSOR_EXCESS_MMHG * mx(native_map - MAP_TARGET_MMHG, 0.0)
+            _DAMAGE_VASOPRESSOR_EXCESS_MMHG * mx(native_map - p.perfusion_map, 0.0)
             + _DAMAGE_VASOPRESSOR_PROLONGED_H
             * mx(p.vasopressor_hours - VASOPRESSOR_SAFE_HOURS, 0.0)
         )

@@ -30,6 +30,7 @@ from sepsis_env.physiology import (
     VASOPRESSORS_OF_ACTION,
     VENTILATION_OF_ACTION,
     age_response,
+    perfusion_map,
 )
 
 Policy = Callable[[np.ndarray, np.random.Generator], int]
@@ -129,15 +130,19 @@ class AgeAdaptiveProtocol:
 
     base: ClinicianProtocol = ClinicianProtocol()
     wean_margin: float = 0.0  # mmHg above target + expected effect
+    age_map_target: bool = True  # start vasopressors below the age-adjusted perfusion MAP
 
     def __call__(self, obs: np.ndarray, rng: np.random.Generator) -> int:
         action = self.base(obs, rng)
+        age = float(obs[AGE])
+        target = perfusion_map(age, max) if self.age_map_target else MAP_TARGET_MMHG
         if obs[ON_VASO] > 0.5:
-            expected_gain = VASOPRESSOR_MAP_GAIN_MMHG * age_response(float(obs[AGE]), max)
-            keep = obs[MAP] < MAP_TARGET_MMHG + expected_gain + self.wean_margin
-            oxygen, ventilation = OXYGEN_OF_ACTION[action], VENTILATION_OF_ACTION[action]
-            action = action_of(bool(oxygen), bool(ventilation), keep)
-        return action
+            expected_gain = VASOPRESSOR_MAP_GAIN_MMHG * age_response(age, max)
+            vasopressors = obs[MAP] < target + expected_gain + self.wean_margin
+        else:
+            vasopressors = obs[MAP] < target
+        oxygen, ventilation = OXYGEN_OF_ACTION[action], VENTILATION_OF_ACTION[action]
+        return action_of(bool(oxygen), bool(ventilation), bool(vasopressors))
 
 
 age_adaptive_protocol = AgeAdaptiveProtocol()
