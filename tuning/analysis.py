@@ -214,6 +214,18 @@ def _find_default(trials: list[Trial], default: dict[str, Any] | None) -> Trial 
     return min(matches, key=lambda t: t.history["timestamp"].min()) if matches else None
 
 
+def best_checkpoint(trial: Trial, metric: str, maximize: bool) -> Path | None:
+    """The trial's kept checkpoint with the best score (Tune keeps the best few)."""
+    if "checkpoint_dir_name" not in trial.history or metric not in trial.history:
+        return None
+    rows = trial.history.dropna(subset=["checkpoint_dir_name", metric])
+    rows = rows[[(trial.folder / name).is_dir() for name in rows["checkpoint_dir_name"]]]
+    if rows.empty:
+        return None
+    pick = rows[metric].idxmax() if maximize else rows[metric].idxmin()
+    return trial.folder / rows.loc[pick, "checkpoint_dir_name"]
+
+
 def trial_table(trials: list[Trial], search: dict[str, Any]) -> pd.DataFrame:
     """One row per trial in ranking order: rank, id, score, status, steps, params, error."""
     rows = []
@@ -507,6 +519,14 @@ def summary_markdown(analysis: Analysis) -> str:
         *[f"| {k} | {_fmt(v)} |" for k, v in best.params.items()],
         "",
     ]
+    checkpoint = best_checkpoint(best, analysis.metric, analysis.maximize)
+    if checkpoint is not None:
+        what = (
+            "RLlib checkpoint with replay buffer in `algo/`"
+            if search["kind"] == "rl"
+            else ("fold scores")
+        )
+        lines += [f"Best checkpoint: `{checkpoint}` ({what}).", ""]
     final = final_test_metrics(analysis)
     if final is not None and search["kind"] == "classifiers":
         metric = search.get("select_metric", "pr_auc")

@@ -336,7 +336,6 @@ def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> Sea
         path,
         resume,
         search.tune_metric,
-        search.mode,
         search.num_samples * search.repeats,
     )
 

@@ -162,16 +162,20 @@ def tune_classifiers_cmd(
     if is_uri(storage):
         return
     folder = Path(experiment_path(storage, search.name))
-    analysis = _analyse(folder)
     if refit:
-        from tuning.analysis import FINAL_DIR
+        from tuning.analysis import FINAL_DIR, AnalysisError, load_analysis
 
-        console.print(
-            f"refitting the best configuration ({analysis.best.params}) on the training "
-            "patients; the test patients are scored now, once"
-        )
-        refit_best(data, folder / FINAL_DIR, analysis.best.config, search.metric)
-        _analyse(folder)
+        try:
+            best = load_analysis(folder).best
+        except AnalysisError as err:
+            raise _fail(str(err), EXIT_NO_RESULT) from None
+        if best is not None:
+            console.print(
+                f"refitting the best configuration ({best.params}) on the training patients; "
+                "the test patients are scored now, once"
+            )
+            refit_best(data, folder / FINAL_DIR, best.config, search.metric)
+    _analyse(folder)
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:

@@ -397,9 +397,7 @@ def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
     def restore(location: str) -> Any:
         return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
 
-    return run_tuner(
-        make_tuner, restore, path, resume, METRIC, "max", search.num_samples * search.repeats
-    )
+    return run_tuner(make_tuner, restore, path, resume, METRIC, search.num_samples * search.repeats)
 
 
 def export_options(config: dict[str, Any], path: str | Path) -> RLOptions:

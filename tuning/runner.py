@@ -117,8 +117,6 @@ class SearchOutcome:
     """False when the search was interrupted before every trial ended (resume it)."""
     trials: list[dict[str, Any]]
     """Per trial: id, status, error, last metric."""
-    best: dict[str, Any] | None
-    """Best trial: id, config, metric value, checkpoint path; None if no trial reported."""
 
 
 def trial_dirname(trial: Any) -> str:
@@ -132,7 +130,6 @@ def run_tuner(
     path: str,
     resume: bool,
     metric: str,
-    mode: str,
     expected_trials: int,
 ) -> SearchOutcome:
     """Fit a new Tuner or restore the one at `path`, then record how every trial ended."""
@@ -148,74 +145,40 @@ def run_tuner(
         )
     tuner = restore(path) if resume else make_tuner()
     grid = tuner.fit()
-    trials = [_trial_record(result, metric) for result in grid]
+    statuses = _tune_statuses(grid)
+    trials = [_trial_record(result, metric, statuses) for result in grid]
     ended = [t for t in trials if t["status"] in ("TERMINATED", "ERROR")]
-    best = None
-    try:
-        result = grid.get_best_result(metric, mode, scope="all", filter_nan_and_inf=True)
-    except RuntimeError:  # no trial reported the metric
-        result = None
-    if result is not None and result.metrics:
-        checkpoint = _best_checkpoint(result, metric, mode)
-        best = {
-            "trial_id": result.metrics.get("trial_id"),
-            "config": result.config,
-            "value": _best_value(result, metric, mode),
-            "checkpoint": checkpoint,
-            "path": result.path,
-        }
-    finished = len(ended) >= expected_trials or _budget_spent(grid)
+    finished = len(ended) >= expected_trials or (bool(trials) and len(ended) == len(trials))
     write_text(
         path.rstrip("/") + "/" + TRIALS_FILE,
-        json.dumps({"finished": finished, "trials": trials, "best": best}, indent=2, default=str),
+        json.dumps({"finished": finished, "trials": trials}, indent=2, default=str),
     )
-    return SearchOutcome(path, finished, trials, best)
+    return SearchOutcome(path, finished, trials)
 
 
-def _budget_spent(grid: Any) -> bool:
-    """Tune's time budget ended the search: every trial that exists has ended."""
-    statuses = [_status(r) for r in grid]
-    return bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses)
+def _tune_statuses(grid: Any) -> dict[str, str]:
+    """trial id -> Tune's status (TERMINATED, ERROR, PENDING, RUNNING, PAUSED)."""
+    # ResultGrid exposes results, not statuses; its experiment analysis holds the trials.
+    analysis = getattr(grid, "_experiment_analysis", None)
+    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
 
 
-def _status(result: Any) -> str:
-    if result.error is not None:
-        return "ERROR"
+def _trial_record(result: Any, metric: str, statuses: dict[str, str]) -> dict[str, Any]:
     metrics = result.metrics or {}
-    return "TERMINATED" if metrics.get("done") else "UNFINISHED"
-
-
-def _trial_record(result: Any, metric: str) -> dict[str, Any]:
-    metrics = result.metrics or {}
+    trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
     error = None
     if result.error is not None:
-        error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1:]}"
+        lines = str(result.error).strip().splitlines() or [""]
+        error = f"{type(result.error).__name__}: {lines[-1][:300]}"
+    status = "ERROR" if error else statuses.get(trial_id, "UNKNOWN")
     return {
-        "trial_id": metrics.get("trial_id") or Path(result.path).name,
+        "trial_id": trial_id,
         "path": result.path,
-        "status": _status(result),
+        "status": status,
         "error": error,
         "iterations": metrics.get("training_iteration"),
         metric: metrics.get(metric),
     }
-
-
-def _best_value(result: Any, metric: str, mode: str) -> float | None:
-    frame = result.metrics_dataframe
-    if frame is None or metric not in frame:
-        return result.metrics.get(metric)
-    values = frame[metric].dropna()
-    if values.empty:
-        return None
-    return float(values.max() if mode == "max" else values.min())
-
-
-def _best_checkpoint(result: Any, metric: str, mode: str) -> str | None:
-    scored = [(c, m.get(metric)) for c, m in result.best_checkpoints if m.get(metric) is not None]
-    if not scored:
-        return result.checkpoint.path if result.checkpoint else None
-    pick = max if mode == "max" else min
-    return pick(scored, key=lambda pair: pair[1])[0].path
 
 
 def load_search(path: str) -> dict[str, Any]:
