@@ -21,15 +21,42 @@ Latent state of a patient (`Patient`):
 | damage | 0-~3 | accumulated organ dysfunction; 1 is severe multi-organ failure |
 | lactate | mmol/L | blood lactate; produced by hypoperfusion, cleared by the liver |
 
-and per-patient constants drawn at admission: baseline (pre-septic) MAP, pulse pressure, baseline
-heart rate, fever per unit of infection, lung susceptibility, age. Treatment flags (0/1) and the
-hours the current run of ventilation or vasopressors has lasted complete the state.
+and per-patient constants set at admission: age and what follows from it (response to support,
+frailty, the MAP the organs need), baseline (pre-septic) MAP, pulse pressure, baseline heart
+rate, fever per unit of infection, lung susceptibility. Treatment flags (0/1), the hours the
+current run of ventilation or vasopressors has lasted and the hours stable off support complete
+the state.
+
+One step of `dt` hours (`advance`), with x+ = max(x, 0):
+
+* infection: I <- I (1 - k dt response / (1 + D)), antibiotics in the background;
+* vasoplegia relaxes (tau 6 h) to 32 I + 14 D mmHg; lung injury relaxes (tau 12 h) to
+  susceptibility x I, plus fatigue 0.0012 /h per breath/min above 30 when not ventilated;
+* damage: dD/dt = frailty (0.0025 (MAP_need - MAP)+ + 0.003 (90 - SpO2)+)
+  + vasopressors (0.001 (MAP_without_vasopressors - MAP_need)+ + 0.003/24 (hours - 48)+)
+  - 0.01 response D, where MAP_need = 65 + 0.15 (age - 50)+;
+* lactate relaxes (tau 3 (1 + D) h) to 1 + 0.15 (MAP_need - MAP)+ + 0.1 (90 - SpO2)+ + 1.5 D
+  + I mmol/L (at most 20);
+* a ventilator complication (lung +0.15, damage +0.15) with probability 0.003/24 x hours
+  ventilated x dt;
+* death with probability h dt / (1 + h dt), h = frailty (0.0002 + 0.007 D^3
+  + 0.0004 (50 - MAP)+ + 0.0004 (80 - SpO2)+) per hour;
+* discharge after 12 h with MAP >= 65, SpO2 >= 92, Resp <= 24, lactate < 2, I < 0.2, no
+  ventilation and no vasopressors.
+
+The vitals that drive these rates and the observation come from `vitals`: MAP = pre-septic MAP
+- vasoplegia - 7 x ventilation + 24 x response x (1 - 0.2 D)+ x vasopressors; SpO2 = 98.5 -
+30 L, with oxygen closing 80 % of the gap (at most 6 points) and ventilation 80 % x response of
+the rest; Resp = 14 + 25 L + 6 I + 1.5 (lactate - 1), mostly replaced by the ventilator's 16.
+Age response = max(1 - 0.006 (age - 18), 0.5); frailty = 1 + 0.03 (age - 18).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 # --- Targets and thresholds (clinical definitions) -----------------------------------------------
 MAP_TARGET_MMHG = 65.0  # Surviving Sepsis Campaign 2021: initial MAP target 65 mmHg
@@ -146,6 +173,11 @@ NOISE_PULSE_PRESSURE_MMHG = 4.0
 NOISE_RESP_PER_MIN = 3.0
 NOISE_TEMP_C = 0.2
 NOISE_LACTATE_FRACTION = 0.08
+NOISE_HALF_WIDTHS = (
+    NOISE_HR_BPM, NOISE_SPO2_PCT, NOISE_MAP_MMHG, NOISE_PULSE_PRESSURE_MMHG,
+    NOISE_RESP_PER_MIN, NOISE_TEMP_C, NOISE_LACTATE_FRACTION,
+)  # fmt: skip
+_NOISE_HALF_WIDTHS_COLUMN = np.array(NOISE_HALF_WIDTHS)[:, None]
 
 # The same rates per unit (per mmHg, per SpO2 point, per breath/min, per hour), folded once.
 _DAMAGE_PER_HYPOTENSION_MMHG = DAMAGE_PER_HYPOTENSION / 10.0
@@ -207,36 +239,75 @@ def perfusion_map(age: Num, mx: MinMax) -> Num:
     )
 
 
-def admit(p: Patient, row: tuple, r: Any, mx: MinMax, mn: MinMax) -> None:
-    """Set the latent state of `p` from a cohort row `(Age, HR, O2Sat, Temp, SBP, MAP, DBP, Resp,
-    Lactate)` (already clipped to admission ranges) and admission uniforms `r`."""
-    age, hr0, spo2_0, temp0, sbp0, map0, dbp0, resp0, lactate0 = row
-    infection = mn(
+COHORT_COLUMNS = ("Age", "HR", "O2Sat", "Temp", "SBP", "MAP", "DBP", "Resp", "Lactate")
+"""Cohort columns the admission reads, in the order of a row of `admission_constants`' input."""
+
+CONSTANT_FIELDS = (
+    "age", "response", "frailty", "vasopressor_gain", "ventilation_relief", "perfusion_map",
+    "pulse_pressure",
+)  # fmt: skip
+ADMISSION_COLUMNS = (
+    *CONSTANT_FIELDS, "map0", "infection0", "lung0", "damage0", "lactate0", "hr0", "temp0",
+)  # fmt: skip
+
+
+def admission_constants(table: np.ndarray) -> np.ndarray:
+    """What admission needs from each cohort row, computed once per cohort: an array with one
+    row per patient and the columns `ADMISSION_COLUMNS`. `table` has the `COHORT_COLUMNS`,
+    already clipped to admission ranges."""
+    mx, mn = np.maximum, np.minimum
+    age, hr0, spo2_0, temp0, sbp0, map0, dbp0, _, lactate0 = table.T
+    response = age_response(age, mx)
+    columns = (
+        age,
+        response,
+        age_frailty(age, mx),
+        VASOPRESSOR_MAP_GAIN_MMHG * response,
+        VENTILATION_RELIEF_FRACTION * response,
+        perfusion_map(age, mx),
+        mn(mx(sbp0 - dbp0, PULSE_PRESSURE_MIN_MMHG), PULSE_PRESSURE_MAX_MMHG),
+        map0,
+        # Infection burden before the random part: more for high lactate and low MAP.
         INFECTION0_BASE
-        + INFECTION0_SPREAD * r[R_INFECTION]
         + INFECTION0_PER_LACTATE * mx(lactate0 - 2.0, 0.0)
         + INFECTION0_PER_HYPOTENSION * mx(INFECTION0_MAP_REF_MMHG - map0, 0.0),
-        1.0,
+        mn(mx(SPO2_HEALTHY_PCT - spo2_0, 0.0) / SPO2_DROP_PER_LUNG_PCT, 1.0),
+        DAMAGE0_PER_LACTATE * mx(lactate0 - 1.5, 0.0),
+        lactate0,
+        hr0,
+        mn(mx(temp0, TEMP_MIN_C), TEMP_MAX_C),
     )
+    return np.stack(columns, axis=1)
+
+
+def admit(p: Patient, c: Any, r: Any, mx: MinMax, mn: MinMax) -> None:
+    """Set the latent state of `p` from its admission constants `c` (a row, or columns, of
+    `admission_constants`) and admission uniforms `r`."""
+    (age, response, frailty, gain, relief, perfusion, pulse) = c[:7]
+    (map0, inf0, lung0, dmg0, lac0, hr0, temp0) = c[7:]
+    infection = mn(inf0 + INFECTION0_SPREAD * r[R_INFECTION], 1.0)
     expressed = VASOPLEGIA0_EXPRESSED_MIN + VASOPLEGIA0_EXPRESSED_SPREAD * r[R_EXPRESSED]
-    vasoplegia = VASOPLEGIA_PER_INFECTION_MMHG * infection * expressed
+    baseline_map = mn(
+        mx(map0 + VASOPLEGIA_PER_INFECTION_MMHG * infection * expressed, BASELINE_MAP_MIN_MMHG),
+        BASELINE_MAP_MAX_MMHG,
+    )
     p.infection = infection
-    p.baseline_map = mn(mx(map0 + vasoplegia, BASELINE_MAP_MIN_MMHG), BASELINE_MAP_MAX_MMHG)
-    p.vasoplegia = p.baseline_map - map0  # so that the first true MAP is the cohort's MAP
-    p.lung = mn(mx(SPO2_HEALTHY_PCT - spo2_0, 0.0) / SPO2_DROP_PER_LUNG_PCT, 1.0)
+    p.baseline_map = baseline_map
+    p.vasoplegia = baseline_map - map0  # so that the first true MAP is the cohort's MAP
+    p.lung = lung0
     # Squared uniform: most patients' lungs cope; a minority develop ARDS.
     p.lung_susceptibility = LUNG_SUSCEPTIBILITY_MAX * r[R_LUNG] * r[R_LUNG]
-    p.damage = DAMAGE0_PER_LACTATE * mx(lactate0 - 1.5, 0.0) + DAMAGE0_RANDOM * r[R_DAMAGE]
-    p.lactate = lactate0
-    p.pulse_pressure = mn(mx(sbp0 - dbp0, PULSE_PRESSURE_MIN_MMHG), PULSE_PRESSURE_MAX_MMHG)
+    p.damage = dmg0 + DAMAGE0_RANDOM * r[R_DAMAGE]  # + unobserved comorbid organ dysfunction
+    p.lactate = lac0
     p.baseline_hr = mn(mx(hr0 - HR_PER_INFECTION_BPM * infection, HR_BASE_MIN_BPM), HR_BASE_MAX_BPM)
-    p.fever = (mn(mx(temp0, TEMP_MIN_C), TEMP_MAX_C) - TEMP_NORMAL_C) / infection
+    p.fever = (temp0 - TEMP_NORMAL_C) / infection  # degC per unit burden: fever fades with it
     p.age = age
-    p.response = age_response(age, mx)
-    p.frailty = age_frailty(age, mx)
-    p.vasopressor_gain = VASOPRESSOR_MAP_GAIN_MMHG * p.response
-    p.ventilation_relief = VENTILATION_RELIEF_FRACTION * p.response
-    p.perfusion_map = perfusion_map(age, mx)
+    p.response = response
+    p.frailty = frailty
+    p.vasopressor_gain = gain
+    p.ventilation_relief = relief
+    p.perfusion_map = perfusion
+    p.pulse_pressure = pulse
     zero = 0.0 * age
     p.oxygen = zero
     p.ventilation = zero
@@ -380,31 +451,38 @@ def discharge_ready(p: Patient) -> Num:
     return p.stable_hours >= DISCHARGE_STABLE_HOURS
 
 
-def measure(
-    p: Patient, mean_ap: Num, spo2: Num, resp: Num, u: Any, k: int, mx: MinMax, mn: MinMax
-) -> tuple[Num, ...]:
+def noise(u: list[float], k: int) -> list[float]:
+    """Measurement noise of the 7 measured quantities from 14 uniforms of `u` from index `k`:
+    triangular on (-1, 1) (u1 + u2 - 1, sd 0.41) times each half width in `NOISE_HALF_WIDTHS`."""
+    return [w * (u[k + 2 * j] + u[k + 2 * j + 1] - 1.0) for j, w in enumerate(NOISE_HALF_WIDTHS)]
+
+
+def noise_batch(u: np.ndarray, k: int) -> np.ndarray:
+    """`noise` for a batch: `u` has one row per uniform and one column per patient."""
+    return _NOISE_HALF_WIDTHS_COLUMN * (u[k : k + 14 : 2] + u[k + 1 : k + 14 : 2] - 1.0)
+
+
+def measure(p: Patient, mean_ap: Num, spo2: Num, resp: Num, e: Any, mn: MinMax) -> tuple[Num, ...]:
     """Noisy bedside measurements (HR, O2Sat, SBP, DBP, MAP, Resp, Temp, Lactate) of the true
-    MAP, SpO2 and breathing rate and the latent state, using 14 uniforms of `u` from index `k`
-    (triangular noise u1 + u2 - 1 on (-1, 1) times the half width). SBP and DBP come from MAP and
-    the pulse pressure, so MAP = DBP + (SBP - DBP) / 3 up to rounding."""
-    hypotension = mx(MAP_TARGET_MMHG - mean_ap, 0.0)
+    MAP, SpO2 and breathing rate and the latent state, with the noise `e` (`noise`). SBP and DBP
+    come from MAP and the pulse pressure, so MAP = DBP + (SBP - DBP) / 3 up to rounding."""
     hr = (
         p.baseline_hr
         + HR_PER_INFECTION_BPM * p.infection
-        + HR_PER_HYPOTENSION_BPM * hypotension
+        + HR_PER_HYPOTENSION_BPM * (MAP_TARGET_MMHG - mn(mean_ap, MAP_TARGET_MMHG))
         + VASOPRESSOR_HR_GAIN_BPM * p.vasopressors
-        + NOISE_HR_BPM * (u[k] + u[k + 1] - 1.0)
+        + e[0]
     )
-    spo2 = mn(spo2 + NOISE_SPO2_PCT * (u[k + 2] + u[k + 3] - 1.0), 100.0)
-    map_obs = mean_ap + NOISE_MAP_MMHG * (u[k + 4] + u[k + 5] - 1.0)
+    map_obs = mean_ap + e[2]
     # The pulse pressure narrows in proportion as MAP falls below target (low stroke volume).
-    pulse = (p.pulse_pressure + NOISE_PULSE_PRESSURE_MMHG * (u[k + 6] + u[k + 7] - 1.0)) * mn(
-        mean_ap / MAP_TARGET_MMHG, 1.0
-    )
-    resp = resp + NOISE_RESP_PER_MIN * (u[k + 8] + u[k + 9] - 1.0)
-    temp = TEMP_NORMAL_C + p.fever * p.infection + NOISE_TEMP_C * (u[k + 10] + u[k + 11] - 1.0)
-    lactate = p.lactate * (1.0 + NOISE_LACTATE_FRACTION * (u[k + 12] + u[k + 13] - 1.0))
+    pulse = (p.pulse_pressure + e[3]) * mn(mean_ap / MAP_TARGET_MMHG, 1.0)
     return (
-        hr, spo2, map_obs + pulse * (2.0 / 3.0), map_obs - pulse * (1.0 / 3.0), map_obs,
-        resp, temp, lactate,
-    )  # fmt: skip
+        hr,
+        mn(spo2 + e[1], 100.0),
+        map_obs + pulse * (2.0 / 3.0),
+        map_obs - pulse * (1.0 / 3.0),
+        map_obs,
+        resp + e[4],
+        TEMP_NORMAL_C + p.fever * p.infection + e[5],
+        p.lactate * (1.0 + e[6]),
+    )

@@ -405,13 +405,25 @@ def test_oxygen_corrects_mild_hypoxaemia() -> None:
 
 
 def test_ventilation_complications_grow_with_duration() -> None:
-    p = ph.Patient()
-    ph.admit(p, (50, 100, 95, 38, 110, 80, 65, 22, 2), [0.5] * ph.N_RESET_UNIFORMS, max, min)
-    risks = []
-    for _ in range(12):
-        ph.advance(p, 0.0, 1.0, 0.0, [1.0] * ph.N_STEP_UNIFORMS, 4.0, max, min)
-        risks.append(ph._VENT_COMPLICATION_PER_H2 * p.ventilation_hours)
-    assert all(b > a for a, b in zip(risks, risks[1:], strict=False))
+    """A draw of 0.02 triggers a complication only once the hazard has grown past it."""
+    row = np.array([[50, 100, 95, 38, 110, 80, 65, 22, 2]], dtype=float)
+    constants = ph.admission_constants(row)[0].tolist()
+    patients = {}
+    for draw in (0.02, 1.0):  # 1.0 never triggers
+        patients[draw] = ph.Patient()
+        ph.admit(patients[draw], constants, [0.5] * ph.N_RESET_UNIFORMS, max, min)
+    first = None
+    for step in range(1, 16):
+        damage = {}
+        for draw, p in patients.items():
+            u = [1.0] * ph.N_STEP_UNIFORMS
+            u[ph.U_COMPLICATION] = draw
+            ph.advance(p, 0.0, 1.0, 0.0, u, 4.0, max, min)
+            damage[draw] = p.damage
+        if first is None and damage[0.02] > damage[1.0]:
+            first = step
+    # hazard per step = 0.003 / 24 x hours x 4 h passes 0.02 after 40 h ventilated (step 10)
+    assert first is not None and first >= 10
 
 
 def test_infection_resolves_with_background_antibiotics() -> None:
