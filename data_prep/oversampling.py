@@ -206,7 +206,8 @@ class CTGANOverSampler(BaseOverSampler):
             return [
                 name
                 for j, name in enumerate(names)
-                if _is_integer_valued(X[:, j]) and len(np.unique(X[:, j])) <= MAX_AUTO_CATEGORIES
+                if _is_integer_valued(X[:, j])
+                and 1 < len(np.unique(X[:, j])) <= MAX_AUTO_CATEGORIES
             ]
         resolved = []
         for column in self.discrete_columns:

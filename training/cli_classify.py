@@ -130,6 +130,8 @@ def classify_cmd(
 
             def report(description: str, done: int, total: int) -> None:
                 progress.update(task, description=description, completed=done, total=total)
+                if not err_console.is_terminal:  # logs and CI get one line per step
+                    err_console.print(f"[{done}/{total}] {description}", highlight=False)
 
             result = run_classification(table, out, config, progress=report)
     except DataFolderError as err:
