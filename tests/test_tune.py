@@ -33,7 +33,7 @@ from tuning.classifier_search import (
     settings_of,
 )
 from tuning.rl_search import RLSearch, best_options, decode, encode, trial_resources
-from tuning.spaces import CLASSIFIER_SPACE, RL_SPACE, Branch, restrict, suggest
+from tuning.spaces import CLASSIFIER_SPACE, RL_SPACE, Branch, clip_to_space, restrict, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -85,6 +85,21 @@ def test_rl_draws_stay_in_their_ranges_and_build_a_dqn_config() -> None:
         assert dqn.lr == options.lr
         assert dqn.model_config["fcnet_hiddens"] == decode(params)["fcnet_hiddens"]
         assert dqn.replay_buffer_config["alpha"] == params["replay_alpha"]
+
+
+def test_pbt_perturbations_are_clipped_into_the_searched_ranges() -> None:
+    # PBT multiplies by 1.2: gamma 0.99 would become 1.188, a discount above one.
+    perturbed = {
+        "gamma": 0.99 * 1.2,
+        "replay_beta": 0.9 * 1.2,
+        "lr": 1e-6,
+        "n_step": 6.0,
+        "fcnet_hiddens": "64x64",
+    }
+    clipped = clip_to_space(perturbed)
+    assert clipped["gamma"] == 0.999 and clipped["replay_beta"] == 1.0
+    assert clipped["lr"] == 1e-5 and clipped["n_step"] == 5 and isinstance(clipped["n_step"], int)
+    assert clipped["fcnet_hiddens"] == "64x64"
 
 
 def test_the_default_rl_point_is_the_base_options() -> None:

@@ -21,7 +21,7 @@ import functools
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,8 @@ class ClassifierSearch:
     """Retries of a failing trial (Tune's FailureConfig)."""
     cpus_per_trial: float = 1.0
     """CPUs Tune reserves per trial; concurrency is the cluster's CPUs divided by this."""
+    max_concurrent: int | None = None
+    """Trials at once (None: as many as the cluster's CPUs hold)."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """`ClassifierSettings` fields held fixed in every trial (e.g. ctgan_batch_size)."""
 
@@ -167,10 +169,18 @@ def fold_score(metric: str, labels: np.ndarray, scores: np.ndarray) -> float:
     return float(values[metric][0])
 
 
-def classifier_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: cross-validate one configuration, reporting after every fold."""
-    from ray import tune
+ReportFn = Callable[[dict[str, Any], Path], None]
+"""report(metrics, checkpoint folder): called after each fold; the folder lives until it returns."""
 
+
+def cross_validate(
+    config: dict[str, Any], report: ReportFn, done: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Cross-validate one configuration on the training patients, reporting after every fold.
+
+    `done` holds the folds already scored (from a checkpoint); they are not fitted again.
+    Returns every fold's score.
+    """
     from training.classifiers import build_pipeline, check_no_leakage, instrument
     from training.classify import load_features, positive_scores
 
@@ -180,7 +190,7 @@ def classifier_trial(config: dict[str, Any]) -> None:
     X, y, ids = table.part("train")
     folds = patient_folds(ids, y, search["n_folds"], search["fold_seed"])
     settings = settings_of(config)
-    done = _fold_state(tune.get_checkpoint())
+    done = list(done or [])
     for index, (fit_rows, held_rows) in enumerate(folds):
         if index < len(done):
             continue
@@ -201,7 +211,7 @@ def classifier_trial(config: dict[str, Any]) -> None:
         score = fold_score(metric, y[held_rows], positive_scores(pipeline, X_held))
         done.append({"fold": index + 1, metric: score, "seconds": time.perf_counter() - start})
         scores = [d[metric] for d in done]
-        report = {
+        metrics = {
             f"cv_{metric}": float(np.mean(scores)),
             f"fold_{metric}": score,
             f"cv_{metric}_sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan"),
@@ -210,7 +220,18 @@ def classifier_trial(config: dict[str, Any]) -> None:
         }
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / FOLD_STATE_FILE).write_text(json.dumps(done))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+            report(metrics, Path(tmp))
+    return done
+
+
+def classifier_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: `cross_validate`, continuing from the trial's checkpoint after a retry."""
+    from ray import tune
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+
+    cross_validate(config, report, _fold_state(tune.get_checkpoint()))
 
 
 def _fold_state(checkpoint: Any) -> list[dict[str, Any]]:
@@ -293,7 +314,8 @@ def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> Sea
         if search.repeats > 1:
             searcher = Repeater(searcher, repeat=search.repeats)
         searcher = ConcurrencyLimiter(
-            searcher, max_concurrent=concurrency_for(search.cpus_per_trial)
+            searcher,
+            max_concurrent=search.max_concurrent or concurrency_for(search.cpus_per_trial),
         )
         scheduler = (
             ASHAScheduler(max_t=search.n_folds, grace_period=1, reduction_factor=2)
@@ -337,6 +359,7 @@ def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> Sea
         resume,
         search.tune_metric,
         search.num_samples * search.repeats,
+        search.time_budget_s,
     )
 
 

@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from tuning.spaces import (
     LAYER_CHOICES,
     PBT_MUTABLE,
     RL_SPACE,
+    clip_to_space,
     describe,
     dimension_names,
     suggest,
@@ -108,6 +110,8 @@ class RLSearch:
     """Experiment folder name under `storage`."""
     max_failures: int = 1
     """Retries of a failing trial (Tune's FailureConfig)."""
+    max_concurrent: int | None = None
+    """Trials at once (None: as many as the cluster's CPUs hold)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
@@ -204,10 +208,16 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def rl_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: train DQN, reporting the greedy evaluation return after each iteration."""
-    from ray import tune
+ReportFn = Callable[[dict[str, Any], Path | None], None]
+"""report(metrics, checkpoint folder or None): called after each iteration."""
 
+
+def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None = None) -> None:
+    """Train DQN for the trial's iterations, reporting the greedy evaluation return after each.
+
+    With `checkpoint` (a folder an earlier report got), training continues from it: weights,
+    optimizer, counters and the replay buffer.
+    """
     from training.rl_train import metrics_of, restore_checkpoint, save_checkpoint
 
     options = trial_options(config)
@@ -215,11 +225,9 @@ def rl_trial(config: dict[str, Any]) -> None:
     algo = placed(build_dqn_config(options), settings["cpus_for_main_process"]).build_algo()
     try:
         start = 0
-        checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                restore_checkpoint(algo, Path(folder) / ALGO_SUBDIR)
-                start = json.loads((Path(folder) / TRIAL_STATE_FILE).read_text())["iteration"]
+            restore_checkpoint(algo, Path(checkpoint) / ALGO_SUBDIR)
+            start = json.loads((Path(checkpoint) / TRIAL_STATE_FILE).read_text())["iteration"]
             # The optimizer state carries the checkpoint's learning rate; PBT may have changed it.
             _set_learning_rate(algo, options.lr)
         last_eval = float("nan")
@@ -231,7 +239,7 @@ def rl_trial(config: dict[str, Any]) -> None:
             evaluation = result.get("evaluation", {}).get("env_runners", {})
             returns = [float(r) for r in _as_list(evaluation.get(EPISODE_RETURNS_KEY))]
             mean, low, high = mean_interval(returns)
-            report = {
+            row = {
                 METRIC: metrics.eval_return_mean if not returns else mean,
                 f"{METRIC}_ci_low": low,
                 f"{METRIC}_ci_high": high,
@@ -245,14 +253,30 @@ def rl_trial(config: dict[str, Any]) -> None:
                 "iteration": iteration,
             }
             if iteration % int(settings["checkpoint_every"]) and iteration != total:
-                tune.report(report)
+                report(row, None)
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(algo, Path(tmp) / ALGO_SUBDIR, options, with_buffer=True)
                 (Path(tmp) / TRIAL_STATE_FILE).write_text(json.dumps({"iteration": iteration}))
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+                report(row, Path(tmp))
     finally:
         algo.stop()
+
+
+def rl_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: `run_trial`, continuing from the trial's checkpoint (retry, PBT exploit)."""
+    from ray import tune
+
+    def report(metrics: dict[str, Any], folder: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run_trial(config, report)
+        return
+    with checkpoint.as_directory() as folder:
+        run_trial(config, report, Path(folder))
 
 
 def _set_learning_rate(algo: Any, lr: float) -> None:
@@ -326,6 +350,7 @@ def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, An
             time_attr="training_iteration",
             perturbation_interval=search.perturbation_interval,
             hyperparam_mutations=tune_space(RL_SPACE, only=PBT_MUTABLE),
+            custom_explore_fn=clip_to_space,
         )
         searcher = BasicVariantGenerator(
             points_to_evaluate=[default] if default else None,
@@ -352,6 +377,18 @@ def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, An
     return scheduler, searcher, {}
 
 
+def _checkpoint_config(search: RLSearch) -> Any:
+    """Keep each trial's best two checkpoints; under PBT keep all of them, because an exploit
+    loads another trial's checkpoint of some iterations ago, which ranking might have deleted."""
+    from ray import tune
+
+    if search.scheduler == "pbt":
+        return tune.CheckpointConfig(num_to_keep=None)
+    return tune.CheckpointConfig(
+        num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+    )
+
+
 def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
     """Run (or resume) the search; Ray must be initialised by the caller."""
     from ray import tune
@@ -368,7 +405,8 @@ def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
     trainable = tune.with_resources(rl_trial, resources)
 
     def make_tuner() -> Any:
-        scheduler, searcher, domains = _scheduler_and_searcher(search, concurrency_for(cpus))
+        concurrency = search.max_concurrent or concurrency_for(cpus)
+        scheduler, searcher, domains = _scheduler_and_searcher(search, concurrency)
         write_text(path + "/" + SEARCH_FILE, json.dumps(search_record(search), indent=2))
         return tune.Tuner(
             trainable,
@@ -387,9 +425,7 @@ def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
                 name=search.name,
                 storage_path=storage_path(search.storage),
                 failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
-                ),
+                checkpoint_config=_checkpoint_config(search),
                 verbose=0,
             ),
         )
@@ -397,7 +433,8 @@ def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
     def restore(location: str) -> Any:
         return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
 
-    return run_tuner(make_tuner, restore, path, resume, METRIC, search.num_samples * search.repeats)
+    expected = search.num_samples * search.repeats
+    return run_tuner(make_tuner, restore, path, resume, METRIC, expected, search.time_budget_s)
 
 
 def export_options(config: dict[str, Any], path: str | Path) -> RLOptions:
@@ -405,8 +442,3 @@ def export_options(config: dict[str, Any], path: str | Path) -> RLOptions:
     options = best_options(config)
     save_options(options, path)
     return options
-
-
-def options_dict(options: RLOptions) -> dict[str, Any]:
-    """Plain-data view of options (for reports)."""
-    return dataclasses.asdict(options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +132,13 @@ def run_tuner(
     resume: bool,
     metric: str,
     expected_trials: int,
+    time_budget_s: float | None,
 ) -> SearchOutcome:
-    """Fit a new Tuner or restore the one at `path`, then record how every trial ended."""
+    """Fit a new Tuner or restore the one at `path`, then record how every trial ended.
+
+    The search finished when every trial ended and either all `expected_trials` exist or the
+    time budget ran out; otherwise it was interrupted (Ctrl-C, SIGINT) and can be resumed.
+    """
     from ray import tune
 
     exists = tune.Tuner.can_restore(path)
@@ -144,11 +150,13 @@ def run_tuner(
             "--name or --storage"
         )
     tuner = restore(path) if resume else make_tuner()
+    start = time.monotonic()
     grid = tuner.fit()
+    budget_spent = time_budget_s is not None and time.monotonic() - start >= time_budget_s
     statuses = _tune_statuses(grid)
     trials = [_trial_record(result, metric, statuses) for result in grid]
     ended = [t for t in trials if t["status"] in ("TERMINATED", "ERROR")]
-    finished = len(ended) >= expected_trials or (bool(trials) and len(ended) == len(trials))
+    finished = len(ended) == len(trials) and (len(trials) >= expected_trials or budget_spent)
     write_text(
         path.rstrip("/") + "/" + TRIALS_FILE,
         json.dumps({"finished": finished, "trials": trials}, indent=2, default=str),

@@ -221,6 +221,19 @@ def restrict(space: Space, **allowed: Sequence[str]) -> dict[str, Dimension | Br
     return out
 
 
+def clip_to_space(config: dict[str, Any], space: Space = RL_SPACE) -> dict[str, Any]:
+    """`config` with each value of a `Uniform`/`Integer` dimension clipped into its range.
+
+    Population-based training perturbs by multiplying (x0.8, x1.2) with no bounds, which would
+    give gamma > 1 or replay beta > 1; this is its `custom_explore_fn`.
+    """
+    for name, dimension in space.items():
+        if name in config and isinstance(dimension, Uniform | Integer):
+            value = min(max(config[name], dimension.low), dimension.high)
+            config[name] = int(round(value)) if isinstance(dimension, Integer) else float(value)
+    return config
+
+
 def tune_space(space: Space, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Ray Tune domains for the flat dimensions of `space` (branches are not supported)."""
     out: dict[str, Any] = {}
