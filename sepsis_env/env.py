@@ -47,6 +47,7 @@ OBS_HIGH = np.array(
     [250, 100, 300, 200, 200, 80, 43, 30, 100, 1, 1, 1] + [HOURS_OBS_MAX] * 4, dtype=np.float32
 )
 """Observation bounds (physical units), e.g. for normalising inputs to a network."""
+_OBS_LOW_COLUMN, _OBS_HIGH_COLUMN = OBS_LOW[:, None], OBS_HIGH[:, None]
 OBS_INDEX: dict[str, int] = {name: i for i, name in enumerate(OBS_NAMES)}
 
 AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
@@ -584,7 +585,9 @@ class SepsisVectorEnv(VectorEnv):
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._patient_index = np.zeros(num_envs, dtype=np.int64)
         self._prev_done = np.zeros(num_envs, dtype=bool)
-        self._obs = np.zeros((num_envs, len(OBS_NAMES)), dtype=np.float32)
+        # Observations are kept one row per quantity (fast to build and score) and handed out
+        # transposed: (num_envs, 16) in Fortran order, as CartPoleVectorEnv does.
+        self._obs_t = np.zeros((len(OBS_NAMES), num_envs), dtype=np.float32)
         self._scores = np.zeros(num_envs)
 
     def reset(
@@ -606,7 +609,9 @@ class SepsisVectorEnv(VectorEnv):
         self._admit(self._rows)
         self._steps[:] = 0
         self._prev_done[:] = False
-        return self._obs.copy(), self._info(np.zeros(self.num_envs, dtype=np.int8), None)
+        return self._obs_t.T.copy(order="K"), self._info(
+            np.zeros(self.num_envs, dtype=np.int8), None
+        )
 
     def _take(self, idx: np.ndarray, records: int, consume: np.ndarray | None = None) -> np.ndarray:
         """The next `records` records of uniforms of the sub-environments `idx`, as an
@@ -626,7 +631,7 @@ class SepsisVectorEnv(VectorEnv):
         rows = first if records == 1 else (first[:, None] + np.arange(records)).ravel()
         u = np.take(self._records, rows, axis=0).reshape(len(idx), -1)
         self._cursor[idx] = cursor + (records if consume is None else records * consume)
-        return u.T
+        return np.ascontiguousarray(u.T)
 
     def _admit(self, idx: np.ndarray) -> None:
         """Draw new patients for the sub-environments `idx` and write their first observation."""
@@ -641,9 +646,9 @@ class SepsisVectorEnv(VectorEnv):
         for name in ph.PATIENT_FIELDS:
             getattr(p, name)[idx] = getattr(new, name)
         mean_ap, _, spo2, resp = ph.vitals(new, np.maximum, np.minimum)
-        obs = self._observe(new, mean_ap, spo2, resp, ph.noise_batch(r, ph.R_NOISE))
-        self._obs[idx] = obs
-        self._scores[idx] = organ_scores(obs)
+        obs_t = self._observe(new, mean_ap, spo2, resp, ph.noise_batch(r, ph.R_NOISE))
+        self._obs_t[:, idx] = obs_t
+        self._scores[idx] = organ_scores(obs_t.T)
 
     def _observe(self, p: ph.Patient, mean_ap: Any, spo2: Any, resp: Any, e: np.ndarray):
         columns = (
@@ -651,10 +656,10 @@ class SepsisVectorEnv(VectorEnv):
             p.age, p.oxygen, p.ventilation, p.vasopressors,
             p.ventilation_hours, p.vasopressor_hours, p.stable_hours, p.hours,
         )  # fmt: skip
-        obs = np.stack(columns, axis=1).astype(np.float32)
-        np.maximum(obs, OBS_LOW, out=obs)
-        np.minimum(obs, OBS_HIGH, out=obs)
-        return obs
+        obs_t = np.array(columns, dtype=np.float32)  # one row per quantity
+        np.maximum(obs_t, _OBS_LOW_COLUMN, out=obs_t)
+        np.minimum(obs_t, _OBS_HIGH_COLUMN, out=obs_t)
+        return obs_t
 
     def step(
         self, actions: Any
@@ -672,9 +677,9 @@ class SepsisVectorEnv(VectorEnv):
             p, oxygen, ventilation, vasopressors, u, self.step_hours, np.maximum, np.minimum
         )
         discharged = (p.stable_hours >= ph.DISCHARGE_STABLE_HOURS) & ~died
-        previous, previous_scores = self._obs, self._scores
-        obs = self._observe(p, mean_ap, spo2, resp, ph.noise_batch(u, ph.U_NOISE))
-        scores = organ_scores(obs)
+        previous, previous_scores = self._obs_t.T, self._scores
+        obs_t = self._observe(p, mean_ap, spo2, resp, ph.noise_batch(u, ph.U_NOISE))
+        scores = organ_scores(obs_t.T)
         if self.reward_mode == "outcome":
             reward = (
                 SCORE_SHAPING * (previous_scores - scores)
@@ -690,7 +695,7 @@ class SepsisVectorEnv(VectorEnv):
         self._steps += 1
         truncated = self._steps >= self.max_episode_steps  # as TimeLimit: even when terminated
         outcome = died.astype(np.int8) + 2 * discharged.astype(np.int8)
-        self._obs = obs
+        self._obs_t = obs_t
         self._scores = scores
         if restart.any():
             idx = np.flatnonzero(restart)
@@ -702,7 +707,8 @@ class SepsisVectorEnv(VectorEnv):
             outcome[idx] = 0
             death_p = np.where(restart, 0.0, death_p)
         self._prev_done = terminated | truncated
-        return self._obs.copy(), reward, terminated, truncated, self._info(outcome, death_p)
+        obs = self._obs_t.T.copy(order="K")
+        return obs, reward, terminated, truncated, self._info(outcome, death_p)
 
     def _info(self, outcome: np.ndarray, death_p: np.ndarray | None) -> dict[str, Any]:
         p = self.patient

@@ -165,14 +165,15 @@ DAMAGE0_RANDOM = 0.6  # + uniform spread of unobserved comorbid organ dysfunctio
 PULSE_PRESSURE_MIN_MMHG, PULSE_PRESSURE_MAX_MMHG = 25.0, 80.0
 HR_BASE_MIN_BPM, HR_BASE_MAX_BPM = 50.0, 110.0
 
-# --- Measurement noise (triangular on +-half width: u1 + u2 - 1) ---------------------------------
-NOISE_HR_BPM = 6.0
-NOISE_SPO2_PCT = 1.5
-NOISE_MAP_MMHG = 4.0
-NOISE_PULSE_PRESSURE_MMHG = 4.0
-NOISE_RESP_PER_MIN = 3.0
-NOISE_TEMP_C = 0.2
-NOISE_LACTATE_FRACTION = 0.08
+# --- Measurement noise: uniform on +-half width (sd = half width / sqrt(3)) ----------------------
+# Bedside monitor and point-of-care error, plus beat-to-beat and breath-to-breath variation.
+NOISE_HR_BPM = 4.0
+NOISE_SPO2_PCT = 1.0  # pulse oximeters: +-2 % accuracy, better than that for trends
+NOISE_MAP_MMHG = 3.0
+NOISE_PULSE_PRESSURE_MMHG = 3.0
+NOISE_RESP_PER_MIN = 2.0
+NOISE_TEMP_C = 0.15
+NOISE_LACTATE_FRACTION = 0.06  # blood-gas lactate: ~5 % coefficient of variation
 NOISE_HALF_WIDTHS = (
     NOISE_HR_BPM, NOISE_SPO2_PCT, NOISE_MAP_MMHG, NOISE_PULSE_PRESSURE_MMHG,
     NOISE_RESP_PER_MIN, NOISE_TEMP_C, NOISE_LACTATE_FRACTION,
@@ -191,12 +192,12 @@ _DEATH_HAZARD_PER_HYPOXIA_PCT = DEATH_HAZARD_PER_HYPOXIA_PER_H / 10.0
 
 # Uniform draws used per step, by index into the step's uniforms.
 U_DEATH, U_COMPLICATION = 0, 1
-U_NOISE = 2  # 7 measured vitals x 2 uniforms from here
-N_STEP_UNIFORMS = U_NOISE + 14
+U_NOISE = 2  # one uniform per measured quantity (7) from here
+N_STEP_UNIFORMS = U_NOISE + 7
 # Uniform draws at admission: patient choice, 4 latent draws, then the first observation's noise.
 R_PATIENT, R_INFECTION, R_EXPRESSED, R_LUNG, R_DAMAGE = 0, 1, 2, 3, 4
 R_NOISE = 5
-N_RESET_UNIFORMS = R_NOISE + 14
+N_RESET_UNIFORMS = R_NOISE + 7
 
 OXYGEN_OF_ACTION = (0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0)
 VENTILATION_OF_ACTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0)
@@ -439,8 +440,7 @@ def advance(
         * (resp <= RESP_STABLE_PER_MIN)
         * (p.lactate < LACTATE_STABLE_MMOL_L)
         * (p.infection < INFECTION_CONTROLLED)
-        * (1.0 - ventilation)
-        * (1.0 - vasopressors)
+        * (ventilation + vasopressors == 0.0)  # off ventilation and vasopressors
     )
     p.stable_hours = (p.stable_hours + dt) * stable
     return death_p, u[U_DEATH] < death_p, mean_ap, spo2, resp
@@ -452,14 +452,14 @@ def discharge_ready(p: Patient) -> Num:
 
 
 def noise(u: list[float], k: int) -> list[float]:
-    """Measurement noise of the 7 measured quantities from 14 uniforms of `u` from index `k`:
-    triangular on (-1, 1) (u1 + u2 - 1, sd 0.41) times each half width in `NOISE_HALF_WIDTHS`."""
-    return [w * (u[k + 2 * j] + u[k + 2 * j + 1] - 1.0) for j, w in enumerate(NOISE_HALF_WIDTHS)]
+    """Measurement noise of the 7 measured quantities from the uniforms `u[k:k + 7]`: uniform on
+    (-1, 1) times each half width in `NOISE_HALF_WIDTHS`."""
+    return [w * (2.0 * u[k + j] - 1.0) for j, w in enumerate(NOISE_HALF_WIDTHS)]
 
 
 def noise_batch(u: np.ndarray, k: int) -> np.ndarray:
     """`noise` for a batch: `u` has one row per uniform and one column per patient."""
-    return _NOISE_HALF_WIDTHS_COLUMN * (u[k : k + 14 : 2] + u[k + 1 : k + 14 : 2] - 1.0)
+    return _NOISE_HALF_WIDTHS_COLUMN * (2.0 * u[k : k + 7] - 1.0)
 
 
 def measure(p: Patient, mean_ap: Num, spo2: Num, resp: Num, e: Any, mn: MinMax) -> tuple[Num, ...]:
