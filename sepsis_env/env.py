@@ -71,7 +71,7 @@ VASOPRESSOR_COST = 0.25  # central line, arterial line, ICU bed
 VENTILATION_COST = 0.5  # intubation, sedation, ICU bed
 # Organ-dysfunction score from the observation (SOFA-like, 0-11 points): one point per threshold.
 SCORE_MAP_MMHG = (70.0, 60.0, 50.0)  # SOFA cardiovascular: MAP < 70
-SCORE_SPO2_PCT = (94.0, 90.0, 85.0)
+SCORE_SPO2_PCT = (94.0, 90.0, 85.0)  # below the oxygen target, hypoxaemia, severe
 SCORE_LACTATE_MMOL_L = (2.0, 4.0, 8.0)  # Sepsis-3 (> 2) and severe hyperlactataemia
 SCORE_RESP_PER_MIN = (22.0, 30.0)  # qSOFA tachypnoea (>= 22)
 
@@ -93,12 +93,12 @@ MAX_STEP_HOURS = 8.0  # longer steps would make the Euler updates inaccurate
 # `physiology.N_STEP_UNIFORMS`: one record per step, `RESET_RECORDS` per reset. Records are drawn
 # `BUFFER_RECORDS` at a time; a draw that would run past the buffer starts a fresh one. The vector
 # env consumes each copy's generator by the same rule, so their trajectories are identical.
-BUFFER_RECORDS = 128
+BUFFER_RECORDS = 128  # 128 x 9 uniforms (9 kB) per environment
 RESET_RECORDS = -(-ph.N_RESET_UNIFORMS // ph.N_STEP_UNIFORMS)  # ceil
 
 # Admission ranges: cohort values are clipped to these physiologically survivable ranges.
 COHORT_VITALS: tuple[str, ...] = ph.COHORT_COLUMNS
-ADMISSION_LOW = np.array([18, 40, 70, 34, 50, 35, 20, 8, 0.5])
+ADMISSION_LOW = np.array([18, 40, 70, 34, 50, 35, 20, 8, 0.5])  # COHORT_VITALS order
 ADMISSION_HIGH = np.array([100, 180, 100, 41.5, 220, 115, 130, 45, 15])
 
 
@@ -112,11 +112,15 @@ def organ_score(obs: Any) -> int:
     one point per threshold crossed by MAP, SpO2, lactate and breathing rate."""
     m, sat, lac, r = float(obs[4]), float(obs[1]), float(obs[7]), float(obs[5])
     return (
-        (m < 70.0) + (m < 60.0) + (m < 50.0)
-        + (sat < 94.0) + (sat < 90.0) + (sat < 85.0)
-        + (lac > 2.0) + (lac > 4.0) + (lac > 8.0)
-        + (r > 22.0) + (r > 30.0)
+        (m < _M1) + (m < _M2) + (m < _M3)
+        + (sat < _S1) + (sat < _S2) + (sat < _S3)
+        + (lac > _L1) + (lac > _L2) + (lac > _L3)
+        + (r > _R1) + (r > _R2)
     )  # fmt: skip
+
+
+(_M1, _M2, _M3), (_S1, _S2, _S3) = SCORE_MAP_MMHG, SCORE_SPO2_PCT
+(_L1, _L2, _L3), (_R1, _R2) = SCORE_LACTATE_MMOL_L, SCORE_RESP_PER_MIN
 
 
 def organ_scores(obs: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ MAP_TARGET_MMHG = 65.0  # Surviving Sepsis Campaign 2021: initial MAP target 65 
 # age, so older organs need a higher MAP (SEPSISPAM, Asfar 2014: a MAP of 80-85 mmHg spared the
 # kidneys of chronically hypertensive patients). Organs are hypoperfused below
 # MAP_TARGET_MMHG + AUTOREGULATION_SHIFT_PER_YEAR x (age - AUTOREGULATION_SHIFT_FROM_YEARS)+.
-AUTOREGULATION_SHIFT_FROM_YEARS = 50.0
+AUTOREGULATION_SHIFT_FROM_YEARS = 50.0  # years; younger organs autoregulate down to 65 mmHg
 AUTOREGULATION_SHIFT_PER_YEAR = 0.15  # mmHg per year: 69.5 mmHg at 80 years
 SPO2_HYPOXAEMIA_PCT = 90.0  # SpO2 below 90 % ~ PaO2 < 60 mmHg: tissue hypoxia, organ damage accrues
 SPO2_STABLE_PCT = 92.0  # SpO2 needed to leave the ICU (BTS oxygen guideline target 92-96 %)
@@ -142,13 +142,13 @@ DEATH_HAZARD_PER_DAMAGE3_PER_H = 0.007  # hazard per damage cubed: mortality cli
 # the number of failing organs (SOFA > 11 ~ 90 % mortality, Vincent 1998)
 DEATH_HAZARD_PER_SHOCK_PER_H = 0.004  # hazard per 10 mmHg of MAP below 50 (refractory shock)
 DEATH_HAZARD_PER_HYPOXIA_PER_H = 0.004  # hazard per 10 SpO2 points below 80 % (hypoxic arrest)
-SEVERE_SHOCK_MAP_MMHG = 50.0
-SEVERE_HYPOXIA_SPO2_PCT = 80.0
+SEVERE_SHOCK_MAP_MMHG = 50.0  # MAP below which refractory shock kills directly (arrest)
+SEVERE_HYPOXIA_SPO2_PCT = 80.0  # SpO2 below which hypoxic cardiac arrest becomes likely
 
 # --- Age -----------------------------------------------------------------------------------------
 AGE_EFFECT_FROM_YEARS = 18.0  # age effects grow through adult life
 AGE_RESPONSE_LOSS_PER_YEAR = 0.006  # responsiveness to support and antibiotics, -6 % per decade
-AGE_RESPONSE_MIN = 0.5
+AGE_RESPONSE_MIN = 0.5  # even the oldest patients keep half the response
 AGE_FRAILTY_PER_YEAR = 0.03  # damage accrual and death hazard, +30 % per decade (frailty)
 
 # --- Admission (starting latent state from a cohort row and uniforms) ----------------------------
@@ -156,23 +156,23 @@ INFECTION0_BASE = 0.3  # burden of the mildest patient
 INFECTION0_SPREAD = 0.55  # + uniform spread: vitals at the label window lag the infection
 INFECTION0_PER_LACTATE = 0.08  # per mmol/L of lactate above 2
 INFECTION0_PER_HYPOTENSION = 0.006  # per mmHg of MAP below 75
-INFECTION0_MAP_REF_MMHG = 75.0
+INFECTION0_MAP_REF_MMHG = 75.0  # mmHg; a lower starting MAP means a heavier infection
 VASOPLEGIA0_EXPRESSED_MIN = 0.3  # share of the eventual vasoplegia already present at admission
-VASOPLEGIA0_EXPRESSED_SPREAD = 0.5
+VASOPLEGIA0_EXPRESSED_SPREAD = 0.5  # + uniform spread of that share
 LUNG_SUSCEPTIBILITY_MAX = 1.2  # lung injury per unit infection for the most susceptible patient
 DAMAGE0_PER_LACTATE = 0.12  # starting damage per mmol/L of lactate above 1.5
 DAMAGE0_RANDOM = 0.6  # + uniform spread of unobserved comorbid organ dysfunction
-PULSE_PRESSURE_MIN_MMHG, PULSE_PRESSURE_MAX_MMHG = 25.0, 80.0
-HR_BASE_MIN_BPM, HR_BASE_MAX_BPM = 50.0, 110.0
+PULSE_PRESSURE_MIN_MMHG, PULSE_PRESSURE_MAX_MMHG = 25.0, 80.0  # SBP - DBP kept in this range
+HR_BASE_MIN_BPM, HR_BASE_MAX_BPM = 50.0, 110.0  # heart rate without inflammation or drugs
 
 # --- Measurement noise: uniform on +-half width (sd = half width / sqrt(3)) ----------------------
 # Bedside monitor and point-of-care error, plus beat-to-beat and breath-to-breath variation.
-NOISE_HR_BPM = 4.0
+NOISE_HR_BPM = 4.0  # bpm
 NOISE_SPO2_PCT = 1.0  # pulse oximeters: +-2 % accuracy, better than that for trends
-NOISE_MAP_MMHG = 3.0
-NOISE_PULSE_PRESSURE_MMHG = 3.0
-NOISE_RESP_PER_MIN = 2.0
-NOISE_TEMP_C = 0.15
+NOISE_MAP_MMHG = 3.0  # mmHg, arterial line and cuff variation
+NOISE_PULSE_PRESSURE_MMHG = 3.0  # mmHg
+NOISE_RESP_PER_MIN = 2.0  # breaths/min, counting error
+NOISE_TEMP_C = 0.15  # degC
 NOISE_LACTATE_FRACTION = 0.06  # blood-gas lactate: ~5 % coefficient of variation
 NOISE_HALF_WIDTHS = (
     NOISE_HR_BPM, NOISE_SPO2_PCT, NOISE_MAP_MMHG, NOISE_PULSE_PRESSURE_MMHG,
