@@ -63,8 +63,8 @@ OUTCOMES: tuple[str, ...] = ("alive", "died", "discharged")
 REWARD_MODES = ("outcome", "guideline")
 
 # --- Reward, mode "outcome" ----------------------------------------------------------------------
-DISCHARGE_REWARD = 15.0
-DEATH_REWARD = -15.0
+DISCHARGE_REWARD = 15.0  # terminal: discharged alive from the ICU
+DEATH_REWARD = -15.0  # terminal: died
 SCORE_SHAPING = 0.5  # reward per point the organ-dysfunction score improves in a step
 OXYGEN_COST = 0.05  # nasal cannula / mask: cheap and safe
 VASOPRESSOR_COST = 0.25  # central line, arterial line, ICU bed
@@ -73,9 +73,9 @@ VENTILATION_COST = 0.5  # intubation, sedation, ICU bed
 SCORE_MAP_MMHG = (70.0, 60.0, 50.0)  # SOFA cardiovascular: MAP < 70
 SCORE_SPO2_PCT = (94.0, 90.0, 85.0)  # below the oxygen target, hypoxaemia, severe
 SCORE_LACTATE_MMOL_L = (2.0, 4.0, 8.0)  # Sepsis-3 (> 2) and severe hyperlactataemia
-SCORE_RESP_PER_MIN = (22.0, 30.0)  # qSOFA tachypnoea (>= 22)
+SCORE_RESP_PER_MIN = (22.0, 30.0)  # tachypnoea (qSOFA counts >= 22) and fatigue (> 30)
 
-# --- Reward, mode "guideline" (the original study's rule) ---------------------------------------
+# --- Reward, mode "guideline": the original study's rule and rewards, as issue 3 states them -----
 GUIDELINE_MATCH_REWARD = 3.0
 GUIDELINE_MISMATCH_REWARD = -2.0
 GUIDELINE_IDLE_REWARD = 0.0  # no recommendation and no treatment
