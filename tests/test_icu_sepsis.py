@@ -1,0 +1,173 @@
+"""ICU-Sepsis: the env, the exact evaluator against published values and sampling, and training.
+
+Everything but the missing-package test needs the optional `icu-sepsis` package and is skipped
+with that reason when it is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from sepsis_env import icu_sepsis
+from sepsis_env.icu_sepsis import (
+    GYM_ID,
+    NUM_ACTIONS,
+    NUM_STATES,
+    ExactEvaluator,
+    ICUSepsisMDP,
+    ICUSepsisNotInstalledError,
+)
+
+needs_package = pytest.mark.skipif(
+    importlib.util.find_spec("icu_sepsis") is None,
+    reason=f"the optional icu-sepsis package is not installed ({icu_sepsis.INSTALL_HINT})",
+)
+
+# Value iteration on the shipped matrices (the package README rounds them to 0.88 and 0.78).
+OPTIMAL_VALUE = 0.8751
+RANDOM_VALUE = 0.7801
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> ExactEvaluator:
+    return ExactEvaluator("mean")
+
+
+def sampled_mean_return(policy: np.ndarray, episodes: int, seed: int, **env_kwargs) -> float:
+    """Monte Carlo estimate of a deterministic policy's return in the env itself."""
+    env = gym.make(GYM_ID, **env_kwargs)
+    rng = np.random.default_rng(seed)
+    returns = np.empty(episodes)
+    for episode in range(episodes):
+        _, info = env.reset(seed=int(rng.integers(2**31)))
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, info = env.step(int(policy[info["state"]]))
+            total += reward
+            done = terminated or truncated
+        returns[episode] = total
+    env.close()
+    return float(returns.mean())
+
+
+def test_missing_package_error_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "icu_sepsis", None)  # makes `import icu_sepsis` fail
+    with pytest.raises(ICUSepsisNotInstalledError, match=r'pip install -e "\.\[icu-sepsis\]"'):
+        icu_sepsis.require_icu_sepsis()
+    assert not icu_sepsis.icu_sepsis_available()
+
+
+def test_alias_and_ids_name_the_benchmark() -> None:
+    assert icu_sepsis.resolve_env_id("icu-sepsis") == GYM_ID
+    assert icu_sepsis.resolve_env_id("CartPole-v1") == "CartPole-v1"
+    assert all(icu_sepsis.is_icu_sepsis(name) for name in ("icu-sepsis", GYM_ID, "ICUSepsis-v0"))
+    assert not icu_sepsis.is_icu_sepsis("SepsisEnv-v0")
+
+
+@needs_package
+def test_evaluator_reproduces_optimal_and_random_values(evaluator) -> None:
+    reference = evaluator.baselines_
+    assert reference.optimal == pytest.approx(OPTIMAL_VALUE, abs=5e-5)
+    assert reference.random == pytest.approx(RANDOM_VALUE, abs=5e-5)
+    # The clinicians' policy is no better than random here (the package reports 0.78 for both).
+    assert reference.expert == pytest.approx(0.78, abs=5e-3)
+    # Value iteration's fixed point and the exact value of its greedy policy agree.
+    values, policy = icu_sepsis.value_iteration(evaluator.mdp_)
+    assert evaluator.mdp_.initial @ values == pytest.approx(reference.optimal, abs=1e-9)
+    assert evaluator.value(policy) == pytest.approx(reference.optimal, abs=1e-9)
+
+
+@needs_package
+def test_no_policy_beats_the_optimum_and_the_gap_is_measured_from_random(evaluator) -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        policy = rng.integers(NUM_ACTIONS, size=NUM_STATES)
+        assert evaluator.value(policy) < evaluator.baselines_.optimal
+    report = evaluator.report(evaluator.baselines_.optimal_policy)
+    assert report.gap_closed == pytest.approx(1.0)
+    assert report.agreement_with_optimal == pytest.approx(1.0)
+    assert evaluator.report(icu_sepsis.random_policy(evaluator.mdp_)).gap_closed == pytest.approx(
+        0.0, abs=1e-9
+    )
+
+
+@needs_package
+@pytest.mark.parametrize("strategy", ["mean", "terminate"])
+def test_exact_value_matches_the_env_sampled(strategy) -> None:
+    mdp = ICUSepsisMDP.from_package(strategy)
+    # Always "no fluids, no vasopressors" except action 12 (both at level 2), which is
+    # inadmissible in most states: the two strategies give very different values.
+    policy = np.where(np.arange(NUM_STATES) % 2 == 0, 0, 12)
+    exact = icu_sepsis.policy_value(mdp, policy)
+    episodes = 6000
+    sampled = sampled_mean_return(policy, episodes, seed=1, inadmissible_action_strategy=strategy)
+    standard_error = np.sqrt(exact * (1 - exact) / episodes)
+    assert abs(sampled - exact) < 4 * standard_error
+
+
+@needs_package
+def test_terminate_strategy_punishes_inadmissible_actions(evaluator) -> None:
+    terminate = ICUSepsisMDP.from_package("terminate")
+    uniform = icu_sepsis.random_policy(terminate)
+    assert icu_sepsis.policy_value(terminate, uniform) < 0.05
+    # The optimal policy needs no inadmissible action, so the optimum does not change.
+    _, policy = icu_sepsis.value_iteration(terminate)
+    assert icu_sepsis.policy_value(terminate, policy) == pytest.approx(
+        evaluator.baselines_.optimal, abs=1e-6
+    )
+
+
+@needs_package
+def test_policies_of_the_wrong_shape_or_range_are_refused(evaluator) -> None:
+    mdp = evaluator.mdp_
+    with pytest.raises(ValueError, match="716 actions"):
+        icu_sepsis.policy_value(mdp, np.zeros(10, dtype=int))
+    with pytest.raises(ValueError, match=r"\[0, 24\]"):
+        icu_sepsis.policy_value(mdp, np.full(NUM_STATES, 25))
+    with pytest.raises(ValueError, match="summing to 1"):
+        icu_sepsis.policy_value(mdp, np.full((NUM_STATES, NUM_ACTIONS), 0.5))
+    raising = ICUSepsisMDP.from_package("raise_exception")
+    with pytest.raises(ValueError, match="inadmissible"):
+        icu_sepsis.policy_value(raising, icu_sepsis.random_policy(raising))
+
+
+@needs_package
+def test_env_passes_checks_and_seeds_reproduce_rollouts() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(GYM_ID)
+    check_env(env.unwrapped, skip_render_check=True)
+    assert env.observation_space.shape == (NUM_STATES,)
+    assert env.action_space == gym.spaces.Discrete(NUM_ACTIONS)
+    assert env.spec.max_episode_steps == icu_sepsis.MAX_EPISODE_STEPS
+
+    def rollout(seed: int) -> list[int]:
+        obs, info = env.reset(seed=seed)
+        states = [info["state"]]
+        assert obs[info["state"]] == 1.0 and obs.sum() == 1.0
+        for t in range(50):
+            obs, _, terminated, truncated, info = env.step(t % NUM_ACTIONS)
+            states.append(info["state"])
+            if terminated or truncated:
+                break
+        return states
+
+    assert rollout(7) == rollout(7)
+    assert len({tuple(rollout(seed)) for seed in range(10)}) > 1
+
+
+@needs_package
+def test_feature_observation_is_the_package_state_vector() -> None:
+    env = gym.make(GYM_ID, observation="features")
+    obs, info = env.reset(seed=3)
+    assert obs.shape == (icu_sepsis.NUM_STATE_FEATURES,)
+    np.testing.assert_allclose(obs, info["state_vector"], rtol=1e-6)
+    both = gym.make(GYM_ID, observation="onehot+features")
+    assert both.observation_space.shape == (NUM_STATES + icu_sepsis.NUM_STATE_FEATURES,)
+    with pytest.raises(ValueError, match="observation"):
+        gym.make(GYM_ID, observation="pixels")
