@@ -296,10 +296,10 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
     in `sepsis_env/physiology.py`.
 
     Under the default cohort, over 2,000 paired episodes (tests/test_env_outcomes.py), the
-    clinician protocol (`sepsis_env.policies.clinician_protocol`) has ~17 % mortality (5 %, 9 %
-    and 29 % in the three age groups), no treatment ~43 %, treating everything always ~44 %, and
-    an age-adaptive protocol ~12 %: good care helps, over-treatment harms, and the best policy is
-    not the obvious one.
+    clinician protocol (`sepsis_env.policies.clinician_protocol`) has ~18 % mortality (5 %, 11 %
+    and 30 % in the three age groups; 28 % among patients starting with MAP < 65), no treatment
+    ~43 % (89 % in shock), treating everything always ~45 %, and an age-adaptive protocol ~13 %:
+    good care helps, over-treatment harms, and the best policy is not the obvious one.
 
     ## Action Space
 
