@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from data_prep.cleaning import age_in_years
 from data_prep.schema import LABEL, MEASUREMENTS, PATIENT
+from data_prep.seeding import rng_for
 
 DEFAULT_MAX_WINDOW_H = 24
 FEATURE_STATS = ("mean", "min", "max", "last", "std", "trend", "frac_obs")
@@ -71,7 +72,7 @@ def feature_windows(
             f"patient {table.loc[table['split'].isna(), PATIENT].iloc[0]} is not in the split"
         )
 
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "feature-windows")
     length = np.zeros(len(starts), dtype=np.int64)
     cut = np.zeros(len(starts), dtype=np.int64)  # window end, relative to the stay start
     septic = positive

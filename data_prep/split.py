@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.schema import LABEL, PATIENT
+from data_prep.seeding import rng_for
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -27,7 +28,7 @@ def split_patients(
     """
     if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
         raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "patient-split")
     split = np.empty(len(labels), dtype=object)
     for cls in (0, 1):
         members = np.flatnonzero(labels.to_numpy() == cls)

@@ -37,6 +37,7 @@ from data_prep.schema import (
     SOURCE_SET,
     SPECS,
 )
+from data_prep.seeding import rng_for
 
 # --- Cohort-level figures (reference, section 1) -------------------------------------------------
 SET_A_PATIENTS, SET_B_PATIENTS = 20_336, 20_000
@@ -95,7 +96,7 @@ def generate_cohort(
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
-    rng = np.random.default_rng(seed)
+    rng = rng_for(seed, "synthetic-cohort")
     stays = _draw_stays(n_patients, septic_fraction, rng)
     lengths = stays["n_rows"]
     pidx = np.repeat(np.arange(n_patients), lengths)

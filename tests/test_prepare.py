@@ -152,3 +152,22 @@ def test_failed_prepare_leaves_nothing_behind(tmp_path, small_psv_dir):
     with pytest.raises(ValueError, match="missing threshold"):
         prepare(small_psv_dir, out, PrepareOptions(missing_threshold=2.0))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_splits_look_alike_to_a_classifier(prepared_dir):
+    """Nothing but chance may tell a test patient's features from a training patient's: a
+    classifier asked to find the test split must be at AUROC 0.5 (this caught the split and the
+    window placement sharing one random stream)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = pd.read_parquet(prepared_dir / "features.parquet")
+    X = features.drop(columns=[PATIENT, "split", "label"])
+    is_test = (features["split"] == "test").to_numpy()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    scores = cross_val_predict(model, X, is_test, cv=5, method="predict_proba")[:, 1]
+    assert roc_auc_score(is_test, scores) == pytest.approx(0.5, abs=0.05)
+    windows = features.groupby(["split", "label"])["HR__frac_obs"].mean()
+    assert windows.xs(0, level="label").max() - windows.xs(0, level="label").min() < 0.02
