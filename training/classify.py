@@ -262,6 +262,8 @@ class Candidate:
     pipeline: Pipeline
     fit_seconds: float
     leakage_audit: dict
+    instrumented: Pipeline | None = field(default=None, repr=False)
+    """The same fitted steps inside their RowRecorders, for inspecting what each step saw."""
     threshold: float = float("nan")
     val: Evaluation | None = None
     test: Evaluation | None = None
@@ -294,7 +296,9 @@ def fit_candidate(
         {split: part[0] for split, part in held.items()},
         {split: part[2] for split, part in held.items()},
     )
-    return Candidate(model, oversample, strip_instruments(pipeline), seconds, audit.to_dict())
+    return Candidate(
+        model, oversample, strip_instruments(pipeline), seconds, audit.to_dict(), pipeline
+    )
 
 
 def positive_scores(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
