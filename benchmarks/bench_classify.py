@@ -158,8 +158,12 @@ def main() -> None:
         )
         metrics = json.loads((out / "metrics.json").read_text())
         print(
-            "  parts (s): "
-            + ", ".join(f"{part} {sec:.1f}" for part, sec in metrics["timings_seconds"].items())
+            "  parts, wall/CPU s: "
+            + ", ".join(
+                f"{part} {wall:.1f}/{metrics['cpu_seconds'][part]:.1f}"
+                for part, wall in metrics["timings_seconds"].items()
+            ),
+            flush=True,
         )
     none_s = next(s["seconds"] for s in steps if s["step"] == "classify --oversample none")
     all_s = next(s["seconds"] for s in steps if s["step"] == "classify --oversample all")

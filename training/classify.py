@@ -23,7 +23,8 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,10 +334,9 @@ def run_classification(
     config = config or ClassifyConfig()
     config.validate()
     notify = progress or (lambda _description, _done, _total: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    table = data if isinstance(data, FeatureTable) else load_features(data)
-    timings["load"] = time.perf_counter() - clock
+    clock = PartTimer()
+    with clock("load"):
+        table = data if isinstance(data, FeatureTable) else load_features(data)
 
     pairs = [(o, m) for o in config.oversample for m in config.models]
     candidates: list[Candidate] = []
@@ -345,31 +345,45 @@ def run_classification(
         memory = joblib.Memory(cache, verbose=0)
         for done, (oversample, model) in enumerate(pairs):
             notify(_describe(model, oversample, table, config), done, len(pairs))
-            candidate = fit_candidate(model, oversample, table, config.settings, memory)
-            timings[f"fit {candidate.name}"] = candidate.fit_seconds
-            candidates.append(candidate)
-        notify("evaluating", len(pairs), len(pairs))
+            with clock(f"fit {model}+{oversample}"):
+                candidates.append(fit_candidate(model, oversample, table, config.settings, memory))
+        notify("evaluating on validation and test patients", len(pairs), len(pairs))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
-    clock = time.perf_counter()
-    best = _evaluate_and_select(candidates, table, config)
-    timings["evaluate"] = time.perf_counter() - clock
+    with clock("evaluate"):
+        best = _evaluate_and_select(candidates, table, config)
 
     fidelity = None
     if config.fidelity and "ctgan" in config.oversample:
-        clock = time.perf_counter()
         notify("CTGAN fidelity report", len(pairs), len(pairs))
-        fidelity = _fidelity(candidates, table, config.settings.seed)
-        timings["fidelity"] = time.perf_counter() - clock
+        with clock("fidelity"):
+            fidelity = _fidelity(candidates, table, config.settings.seed)
 
-    clock = time.perf_counter()
-    metrics = _metrics_document(candidates, best, table, config, fidelity, timings)
-    _write_outputs(Path(out_dir), candidates, best, table, config, metrics, fidelity)
-    timings["write"] = time.perf_counter() - clock
-    metrics["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    with clock("write"):
+        metrics = _metrics_document(candidates, best, table, config, fidelity)
+        _write_outputs(Path(out_dir), candidates, best, table, config, metrics, fidelity)
+    metrics["timings_seconds"] = {k: round(v, 2) for k, v in clock.wall.items()}
+    metrics["cpu_seconds"] = {k: round(v, 2) for k, v in clock.cpu.items()}
     write_json_atomic(Path(out_dir) / "metrics.json", metrics)
-    return ClassifyResult(candidates, best, metrics, fidelity, timings)
+    return ClassifyResult(candidates, best, metrics, fidelity, dict(clock.wall))
+
+
+class PartTimer:
+    """Wall and CPU seconds (all threads of this process) per named part of a run."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[part] = time.perf_counter() - wall
+            self.cpu[part] = time.process_time() - cpu
 
 
 def _describe(model: str, oversample: str, table: FeatureTable, config: ClassifyConfig) -> str:
@@ -442,7 +456,6 @@ def _metrics_document(
     table: FeatureTable,
     config: ClassifyConfig,
     fidelity: dict | None,
-    timings: dict[str, float],
 ) -> dict:
     _, y_train, _ = table.part("train")
     _, y_test, _ = table.part("test")

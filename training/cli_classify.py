@@ -183,9 +183,10 @@ def _print_summary(result, out: Path) -> None:
             )
     timing = Table(title="Time per part (s)")
     timing.add_column("part")
-    timing.add_column("seconds", justify="right")
+    timing.add_column("wall", justify="right")
+    timing.add_column("CPU", justify="right")
     for part, seconds in metrics["timings_seconds"].items():
-        timing.add_row(part, f"{seconds:.1f}")
+        timing.add_row(part, f"{seconds:.1f}", f"{metrics['cpu_seconds'][part]:.1f}")
     console.print(timing)
     console.print(f"wrote metrics.json, comparison.csv/.md, plots and model/ to {out}")
 
