@@ -5,6 +5,7 @@ Only this module prints and chooses exit codes; the work is done in `rl_train` a
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -120,6 +122,122 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoints/last or checkpoints/best.")],
+    episodes: Annotated[int, typer.Option(help="Test episodes per policy (paired).")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.")] = 10_000,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write tables and figures (default: run/eval).")
+    ] = None,
+    env: Annotated[
+        str | None, typer.Option(help="icu-sepsis: exact value from the MDP's matrices.")
+    ] = None,
+    export_policy: Annotated[
+        Path | None, typer.Option(help="ICU-Sepsis: write the greedy action per state (.npy).")
+    ] = None,
+) -> None:
+    """Greedy policy vs random, no-treatment, all-treatments and protocol on test patients.
+
+    On ICU-Sepsis (`--env icu-sepsis`, or a checkpoint trained on it) the greedy policy's value is
+    computed exactly instead, beside the random, clinician and optimal values."""
+    from sepsis_env.icu_sepsis import is_icu_sepsis
+    from training.rl_icu_sepsis import trained_on_icu_sepsis
+
+    if is_icu_sepsis(env) or trained_on_icu_sepsis(checkpoint):
+        from training.cli_icu_sepsis import evaluate_icu_sepsis
+
+        return evaluate_icu_sepsis(checkpoint, export_policy, out)
+    from training.rl_eval import LEARNED, REFERENCE, beats_protocol, evaluate_checkpoint
+    from training.rl_eval import write_evaluation as write
+
+    out = out or checkpoint.resolve().parent.parent / "eval"
+    try:
+        result = evaluate_checkpoint(checkpoint, episodes=episodes, seed=seed)
+        written = write(result, out)
+    except (FileNotFoundError, ValueError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    report = result["report"]
+    table = Table(title=f"{episodes} test episodes per policy (paired), 95% CI")
+    for col in ("policy", "group", "return", "survival", "death", "discharge", "length"):
+        table.add_column(col)
+    for name, groups in report["policies"].items():
+        for group, m in groups.items():
+            table.add_row(
+                name,
+                group,
+                *(_ci(m[k]) for k in ("return", "survival", "death", "discharge", "length")),
+            )
+    console.print(table)
+    diff = Table(title=f"difference to the {REFERENCE} (paired, 95% CI)")
+    for col in ("policy", "group", "return", "survival", "death", "discharge", "length"):
+        diff.add_column(col)
+    for name, groups in report["difference_to_protocol"].items():
+        for group, m in groups.items():
+            diff.add_row(
+                name,
+                group,
+                *(_ci(m[k]) for k in ("return", "survival", "death", "discharge", "length")),
+            )
+    console.print(diff)
+    verdict = beats_protocol(report)
+    console.print(
+        f"{LEARNED} beats the {REFERENCE} (CI above zero): "
+        + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in verdict.items())
+    )
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def _ci(triple) -> str:
+    est, lo, hi = triple
+    return f"{est:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else f"{est:.3f}"
+
+
+def recommend_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoints/last or checkpoints/best.")],
+    patient: Annotated[Path, typer.Option(help="JSON file: HR, O2Sat, SBP, DBP, MAP, ...")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Recommended action and the Q-value of every action for one patient state."""
+    from training.rl_eval import PatientError, recommend
+
+    try:
+        text = patient.read_text()
+    except OSError as err:
+        err_console.print(f"[red]error:[/red] cannot read {patient}: {err.strerror}")
+        raise typer.Exit(2) from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        err_console.print(
+            f"[red]error:[/red] {patient}: not valid JSON at line {err.lineno}, "
+            f"column {err.colno}: {err.msg}"
+        )
+        raise typer.Exit(2) from err
+    try:
+        result = recommend(checkpoint, data, source=str(patient))
+    except PatientError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    except (FileNotFoundError, ValueError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    console.print(f"recommended: [bold]{result['action']} {result['action_name']}[/bold]")
+    table = Table(title="Q-value of every action (expected return)")
+    table.add_column("action")
+    table.add_column("Q", justify="right")
+    best = max(result["q_values"].values())
+    for name, q in result["q_values"].items():
+        table.add_row(name, f"{q:.3f}", style="bold green" if q == best else None)
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add `train`, `evaluate` and `recommend` to the root `sepsis-rl` app."""
     app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("recommend")(recommend_cmd)

@@ -25,8 +25,8 @@ import yaml
 ENV_NAME = "sepsis_rl_env"
 """The name under which `make_env` is registered with Ray's registry."""
 
-DEFAULT_ENV_ID = "CartPole-v1"
-"""The environment trained by default."""
+DEFAULT_ENV_ID = "SepsisEnv-v0"
+"""The environment trained by default (registered by `import sepsis_env`)."""
 
 SEPSIS_TRAIN_KWARGS: dict[str, Any] = {"split": "train"}
 """`gymnasium.make` arguments SepsisEnv is trained with unless `env_kwargs` says otherwise:
@@ -223,7 +223,7 @@ def normalize(observation: np.ndarray, center: np.ndarray, scale: np.ndarray) ->
 
 def make_raw_env(env_config: dict[str, Any]) -> gym.Env:
     """The unwrapped-by-us Gymnasium env: `gymnasium.make(env_id, **env_kwargs)`."""
-    env_id = env_config["env_id"]
+    env_id = resolve_env_id(env_config["env_id"])
     if _needs_sepsis_env(env_id):
         import sepsis_env  # noqa: F401  registers SepsisEnv-v0
 
@@ -236,6 +236,13 @@ def make_env(env_config: dict[str, Any]) -> gym.Env:
     if env_config.get("normalize_obs", True):
         env = BoxNormalization(env)
     return env
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Short names for ids (`icu-sepsis`) resolved to their Gymnasium ids."""
+    from sepsis_env.icu_sepsis import ENV_ALIASES
+
+    return ENV_ALIASES.get(env_id, env_id)
 
 
 def _needs_sepsis_env(env_id: str) -> bool:
@@ -278,6 +285,13 @@ def register_env() -> None:
     from ray.tune.registry import register_env as ray_register_env
 
     ray_register_env(ENV_NAME, make_env)
+
+
+def _exact_evaluation(options: RLOptions):
+    """Envs with known dynamics (ICU-Sepsis) are evaluated exactly instead of by episodes."""
+    from training.rl_icu_sepsis import custom_evaluation_for
+
+    return custom_evaluation_for(options)
 
 
 def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray is heavy)
@@ -334,6 +348,7 @@ def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
             evaluation_config=DQNConfig.overrides(explore=False),
+            custom_evaluation_function=_exact_evaluation(options),
         )
         .callbacks(on_episode_end=log_episode_return)
         .reporting(min_sample_timesteps_per_iteration=options.min_sample_timesteps_per_iteration)

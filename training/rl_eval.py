@@ -7,6 +7,7 @@ from the same env's Box bounds.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -77,3 +78,387 @@ def load_policy(checkpoint: str | Path) -> GreedyPolicy:
     space = env.observation_space
     env.close()
     return GreedyPolicy(module, options, space)
+
+
+# --- SepsisEnv: evaluation against the baselines ------------------------------------------------
+EVAL_POLICIES = ("random", "no_treatment", "all_treatments", "protocol")
+"""Baselines of `sepsis_env.policies.BASELINES` the learned policy is compared with."""
+COMPARED_METRICS = ("return", "survival", "death", "discharge", "length")
+"""Per-episode metrics compared pairwise with the protocol."""
+REFERENCE = "protocol"
+"""The policy differences are taken against."""
+LEARNED = "dqn"
+"""Name of the learned greedy policy in reports and figures."""
+HYPOTENSION_MAP_MMHG = 65.0  # Surviving Sepsis Campaign MAP target
+HYPOXAEMIA_SPO2 = 92.0  # BTS oxygen target lower bound
+
+
+class RecordingPolicy:
+    """Wraps a sepsis_env policy and records every (observation, action) it is asked for."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.observations: list[np.ndarray] = []
+        self.actions: list[int] = []
+
+    def __call__(self, obs: np.ndarray, rng: np.random.Generator) -> int:
+        action = int(self.policy(obs, rng))
+        self.observations.append(np.asarray(obs, dtype=np.float32).copy())
+        self.actions.append(action)
+        return action
+
+
+def sepsis_policies(policy: GreedyPolicy) -> dict:
+    """The learned greedy policy and the baselines, as `policy(obs, rng) -> action` callables."""
+    from sepsis_env.policies import BASELINES
+
+    policies = {LEARNED: lambda obs, rng: policy(obs)}
+    policies.update({name: BASELINES[name] for name in EVAL_POLICIES})
+    return policies
+
+
+def evaluation_env_kwargs(options: RLOptions, split: str) -> dict:
+    """The training env's `gymnasium.make` arguments with the patient split replaced."""
+    kwargs = resolved_env_kwargs(options)
+    kwargs["split"] = split
+    return kwargs
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, episodes: int = 2000, seed: int = 10_000, split: str = "test"
+) -> dict:
+    """Paired evaluation of the greedy policy and the baselines on `split` patients.
+
+    Returns `{"evaluations": {name: Evaluation}, "steps": {"obs", "actions"} of the learned
+    policy, "report": JSON-ready dict}`; the report has every policy's metrics overall and per
+    age group (95% CIs) and the paired differences to the protocol.
+    """
+    from sepsis_env.env import AGE_GROUPS
+    from sepsis_env.policies import evaluate, paired_difference
+
+    policy = load_policy(checkpoint)
+    env_id, kwargs = policy.options.env, evaluation_env_kwargs(policy.options, split)
+    recorder = RecordingPolicy(sepsis_policies(policy)[LEARNED])
+    evaluations = {}
+    for name, pol in sepsis_policies(policy).items():
+        env = make_raw_env({"env_id": env_id, "env_kwargs": kwargs})
+        evaluations[name] = evaluate(recorder if name == LEARNED else pol, env, episodes, seed)
+        env.close()
+    ref = evaluations[REFERENCE]
+    groups = ref.age_group
+    masks = {"overall": None} | {label: groups == g for g, (label, _, _) in enumerate(AGE_GROUPS)}
+    report = {
+        "checkpoint": str(checkpoint),
+        "env": env_id,
+        "env_kwargs": {k: str(v) for k, v in kwargs.items()},
+        "episodes": episodes,
+        "seed": seed,
+        "policies": {name: e.summary() for name, e in evaluations.items()},
+        "difference_to_protocol": {
+            name: {
+                group: {
+                    metric: paired_difference(e, ref, metric, mask) for metric in COMPARED_METRICS
+                }
+                for group, mask in masks.items()
+            }
+            for name, e in evaluations.items()
+            if name != REFERENCE
+        },
+    }
+    steps = {"obs": np.array(recorder.observations), "actions": np.array(recorder.actions)}
+    return {"evaluations": evaluations, "steps": steps, "report": report}
+
+
+def beats_protocol(report: dict) -> dict[str, bool]:
+    """Whether the learned policy's 95% CI of the difference to the protocol is above zero."""
+    overall = report["difference_to_protocol"][LEARNED]["overall"]
+    return {metric: overall[metric][1] > 0 for metric in ("return", "survival")}
+
+
+def comparison_table(report: dict) -> list[dict]:
+    """Rows (policy, group, metric, estimate, lower, upper, difference to protocol with CI)."""
+    rows = []
+    for name, groups in report["policies"].items():
+        for group, metrics in groups.items():
+            for metric, (est, lo, hi) in metrics.items():
+                diff = report["difference_to_protocol"].get(name, {}).get(group, {}).get(metric)
+                rows.append(
+                    {
+                        "policy": name,
+                        "group": group,
+                        "metric": metric,
+                        "estimate": est,
+                        "lower": lo,
+                        "upper": hi,
+                        "diff_to_protocol": diff[0] if diff else 0.0 if name == REFERENCE else None,
+                        "diff_lower": diff[1] if diff else None,
+                        "diff_upper": diff[2] if diff else None,
+                    }
+                )
+    return rows
+
+
+def write_evaluation(result: dict, out_dir: str | Path) -> list[Path]:
+    """`evaluation.json`, `evaluation.csv` and the PNG figures; returns the paths written."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "evaluation.json", out / "evaluation.csv"]
+    written[0].write_text(json.dumps(result["report"], indent=2, default=float))
+    pd.DataFrame(comparison_table(result["report"])).to_csv(written[1], index=False)
+    run_dir = Path(result["report"]["checkpoint"]).resolve().parent.parent
+    written += write_figures(result, run_dir, out)
+    return written
+
+
+# --- Figures ------------------------------------------------
+def write_figures(result: dict, run_dir: Path, out: Path) -> list[Path]:
+    """The evaluation figures as PNG files in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = []
+    episodes_csv = run_dir / "episodes.csv"
+    if episodes_csv.exists():
+        paths.append(plot_training_returns(episodes_csv, out / "training_returns.png"))
+    paths.append(plot_return_histograms(result["evaluations"], out / "evaluation_returns.png"))
+    paths.append(plot_typical_patients(result, out / "vitals_typical_patients.png"))
+    paths.append(plot_action_frequencies(result["steps"], out / "actions_by_group_and_state.png"))
+    return paths
+
+
+def plot_training_returns(episodes_csv: Path, path: Path, window: int = 100) -> Path:
+    """Return of every training episode and its rolling mean."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(episodes_csv)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(np.arange(1, len(df) + 1), df["episode_return"], ".", ms=2, alpha=0.3, label="episode")
+    rolling = df["episode_return"].rolling(window, min_periods=1).mean()
+    ax.plot(np.arange(1, len(df) + 1), rolling, lw=2, label=f"rolling mean ({window})")
+    ax.set(xlabel="training episode", ylabel="return", title="Reward progression during training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_return_histograms(evaluations: dict, path: Path) -> Path:
+    """Histogram of evaluation returns per policy, on shared bins."""
+    import matplotlib.pyplot as plt
+
+    all_returns = np.concatenate([e.returns for e in evaluations.values()])
+    bins = np.linspace(all_returns.min(), all_returns.max(), 40)
+    fig, axes = plt.subplots(len(evaluations), 1, figsize=(8, 2 * len(evaluations)), sharex=True)
+    for ax, (name, e) in zip(axes, evaluations.items(), strict=True):
+        ax.hist(e.returns, bins=bins, color="C0" if name == LEARNED else "C7")
+        ax.axvline(e.returns.mean(), color="C3", lw=1.5)
+        ax.set_ylabel(name)
+    axes[-1].set_xlabel("episode return (red: mean)")
+    fig.suptitle("Evaluation returns on test patients")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def typical_episode_indices(evaluation) -> list[int]:
+    """One episode per age group whose start MAP is the group's median: a typical patient."""
+    from sepsis_env.env import AGE_GROUPS
+
+    picks = []
+    for g in range(len(AGE_GROUPS)):
+        idx = np.flatnonzero(evaluation.age_group == g)
+        if len(idx):
+            maps = evaluation.start_map[idx]
+            picks.append(int(idx[np.argmin(np.abs(maps - np.median(maps)))]))
+    return picks
+
+
+def trace_episode(policy, env_id: str, kwargs: dict, seed: int, episode: int):
+    """Observations and actions of one episode (reset with `seed + episode`, as in evaluate)."""
+    env = make_raw_env({"env_id": env_id, "env_kwargs": kwargs})
+    obs, _ = env.reset(seed=seed + episode)
+    rng = np.random.default_rng([seed, episode])
+    observations, actions, done = [obs], [], False
+    while not done:
+        action = int(policy(obs, rng))
+        obs, _, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        done = terminated or truncated
+    env.close()
+    return np.array(observations), np.array(actions), info.get("outcome", "")
+
+
+def plot_typical_patients(result: dict, path: Path) -> Path:
+    """Vitals over one episode under each policy, for a typical patient of each age group."""
+    import matplotlib.pyplot as plt
+
+    from sepsis_env.env import OBS_INDEX
+
+    report = result["report"]
+    policy = load_policy(report["checkpoint"])
+    kwargs = evaluation_env_kwargs(policy.options, report["env_kwargs"]["split"])
+    policies = sepsis_policies(policy)
+    picks = typical_episode_indices(result["evaluations"][REFERENCE])
+    vitals = ("MAP", "O2Sat", "HR", "Lactate")
+    fig, axes = plt.subplots(len(picks), len(vitals) + 1, figsize=(18, 3.2 * len(picks)))
+    axes = np.atleast_2d(axes)
+    for row, episode in enumerate(picks):
+        age = result["evaluations"][REFERENCE].age[episode]
+        for k, (name, pol) in enumerate(policies.items()):
+            obs, actions, outcome = trace_episode(
+                pol, policy.options.env, kwargs, report["seed"], episode
+            )
+            for col, vital in enumerate(vitals):
+                axes[row, col].plot(
+                    obs[:, OBS_INDEX[vital]], color=f"C{k}", label=f"{name} ({outcome})"
+                )
+            axes[row, -1].step(
+                np.arange(len(actions)), actions + 0.08 * k, where="post", color=f"C{k}"
+            )
+        for col, vital in enumerate(vitals):
+            axes[row, col].set(title=f"{vital}, age {age:.0f}", xlabel="step")
+        axes[row, -1].set(title="action", xlabel="step", yticks=range(8))
+        axes[row, 0].legend(fontsize=7)
+    fig.suptitle("Vitals under each policy for typical test patients (same patient, same noise)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def action_frequencies(steps: dict) -> dict[str, np.ndarray]:
+    """Share of each action chosen by the learned policy, by age group and by state."""
+    from sepsis_env.env import ACTION_NAMES, AGE_GROUPS, OBS_INDEX, age_group
+
+    obs, actions = steps["obs"], steps["actions"]
+    groups = {}
+    ages = np.array([age_group(a) for a in obs[:, OBS_INDEX["Age"]]]) if len(obs) else np.array([])
+    for g, (label, _, _) in enumerate(AGE_GROUPS):
+        groups[f"age {label}"] = actions[ages == g]
+    hypotensive = obs[:, OBS_INDEX["MAP"]] < HYPOTENSION_MAP_MMHG
+    hypoxaemic = obs[:, OBS_INDEX["O2Sat"]] < HYPOXAEMIA_SPO2
+    groups["MAP < 65"] = actions[hypotensive]
+    groups["MAP >= 65"] = actions[~hypotensive]
+    groups["SpO2 < 92"] = actions[hypoxaemic]
+    groups["SpO2 >= 92"] = actions[~hypoxaemic]
+    n = len(ACTION_NAMES)
+    return {k: np.bincount(v, minlength=n) / max(1, len(v)) for k, v in groups.items()}
+
+
+def plot_action_frequencies(steps: dict, path: Path) -> Path:
+    """Stacked bars: how often the learned policy picks each action, by age group and state."""
+    import matplotlib.pyplot as plt
+
+    from sepsis_env.env import ACTION_NAMES
+
+    freqs = action_frequencies(steps)
+    fig, ax = plt.subplots(figsize=(11, 5))
+    bottom = np.zeros(len(freqs))
+    labels = list(freqs)
+    for a, name in enumerate(ACTION_NAMES):
+        share = np.array([freqs[k][a] for k in labels])
+        ax.bar(labels, share, bottom=bottom, label=name, color=plt.cm.tab10(a))
+        bottom += share
+    ax.set(ylabel="share of decisions", title="Learned policy: actions by age group and by state")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- recommend ------------------------------------------------
+VITALS = ("HR", "O2Sat", "SBP", "DBP", "MAP", "Resp", "Temp", "Lactate", "Age")
+"""Vitals a patient file must give, by PhysioNet name."""
+CONTEXT_DEFAULTS = {
+    "oxygen": 0.0,
+    "ventilation": 0.0,
+    "vasopressors": 0.0,
+    "ventilation_hours": 0.0,
+    "vasopressor_hours": 0.0,
+    "stable_hours": 0.0,
+    "hours": 0.0,
+}
+"""What a clinician may not have at hand: no support running, at the start of the episode."""
+FLAGS = ("oxygen", "ventilation", "vasopressors")
+
+
+class PatientError(ValueError):
+    """A patient file that cannot be turned into an observation; the message says why."""
+
+
+def patient_observation(patient: dict, source: str = "patient") -> np.ndarray:
+    """The SepsisEnv observation for a patient given by PhysioNet names (+ optional context).
+
+    Raises `PatientError` naming every missing, unknown, non-numeric or impossible value.
+    """
+    from sepsis_env.env import OBS_HIGH, OBS_INDEX, OBS_LOW, OBS_NAMES, OBS_UNITS
+
+    if not isinstance(patient, dict):
+        raise PatientError(
+            f"{source}: expected a JSON object of vitals, got {type(patient).__name__}"
+        )
+    problems = []
+    missing = [name for name in VITALS if name not in patient]
+    if missing:
+        problems.append(f"missing vitals {missing} (required: {list(VITALS)})")
+    unknown = sorted(set(patient) - set(OBS_NAMES))
+    if unknown:
+        problems.append(f"unknown fields {unknown} (known: {list(OBS_NAMES)})")
+    values = dict(CONTEXT_DEFAULTS)
+    for name, raw in patient.items():
+        if name not in OBS_INDEX:
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            problems.append(f"{name}: {raw!r} is not a number")
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"{name}: {raw!r} is not a number")
+            continue
+        i = OBS_INDEX[name]
+        if not np.isfinite(value):
+            problems.append(f"{name}: {raw!r} is not a finite number")
+        elif not OBS_LOW[i] <= value <= OBS_HIGH[i]:
+            problems.append(
+                f"{name}: {value:g} {OBS_UNITS[i]} is impossible "
+                f"(allowed {OBS_LOW[i]:g} to {OBS_HIGH[i]:g} {OBS_UNITS[i]})"
+            )
+        elif name in FLAGS and value not in (0.0, 1.0):
+            problems.append(f"{name}: {value:g} must be 0 (not running) or 1 (running)")
+        values[name] = value
+    if not problems and values["SBP"] < values["DBP"]:
+        problems.append(f"SBP {values['SBP']:g} below DBP {values['DBP']:g} mmHg is impossible")
+    if not problems and not values["DBP"] <= values["MAP"] <= values["SBP"]:
+        problems.append(
+            f"MAP {values['MAP']:g} must lie between DBP {values['DBP']:g} and "
+            f"SBP {values['SBP']:g} mmHg"
+        )
+    if problems:
+        raise PatientError(f"{source}: " + "; ".join(problems))
+    return np.array([values[name] for name in OBS_NAMES], dtype=np.float32)
+
+
+def recommend(checkpoint: str | Path, patient: dict, source: str = "patient") -> dict:
+    """The greedy action and the Q-value of every action for one patient state."""
+    from sepsis_env.env import ACTION_NAMES, OBS_NAMES
+
+    policy = load_policy(checkpoint)
+    if not policy.options.env.split(":")[-1].startswith("SepsisEnv"):
+        raise ValueError(f"{checkpoint} was trained on {policy.options.env}, not SepsisEnv")
+    obs = patient_observation(patient, source)
+    q = policy.q_values(obs[None])[0]
+    action = int(np.argmax(q))
+    return {
+        "action": action,
+        "action_name": ACTION_NAMES[action],
+        "q_values": {ACTION_NAMES[a]: float(q[a]) for a in range(len(ACTION_NAMES))},
+        "observation": {name: float(v) for name, v in zip(OBS_NAMES, obs, strict=True)},
+    }

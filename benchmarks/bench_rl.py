@@ -1,0 +1,143 @@
+"""DQN speed on this machine: sampling and learning throughput, and time to the protocol's return.
+
+    python benchmarks/bench_rl.py                       # all three measurements
+    python benchmarks/bench_rl.py --skip-target         # throughput only (about 2 minutes)
+    python benchmarks/bench_rl.py --target-budget 900   # give up on the target after 900 s
+
+1. Env steps sampled per second and learner updates per second with 1 and 2 env runners, from
+   RLlib's own timers (sampling and learner-update time per iteration), plus the end-to-end
+   env steps per second of whole training iterations.
+2. Wall time from `build` to the first greedy evaluation whose mean return on test patients
+   reaches the clinician protocol's mean return on the same episodes (paired seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def throughput(num_env_runners: int, iterations: int, seed: int) -> dict[str, float]:
+    """Sampling and update rates over `iterations` training iterations after learning starts."""
+    from training.rl_config import RLOptions, build_dqn_config
+
+    options = RLOptions(
+        num_env_runners=num_env_runners,
+        num_cpus_per_env_runner=0.5,
+        evaluation_interval=0,
+        num_steps_sampled_before_learning_starts=0,
+        seed=seed,
+    )
+    algo = build_dqn_config(options).build_algo()
+    try:
+        algo.train()  # warm-up: actor start, first weights sync, torch init
+        steps = sample_s = updates = update_s = wall = 0.0
+        for _ in range(iterations):
+            result = algo.train()
+            timers = result["timers"]
+            calls = result["num_training_step_calls_per_iteration"]
+            steps += result["env_runners"]["num_env_steps_sampled"]
+            sample_s += timers["env_runner_sampling_timer"] * calls
+            learner = result["learners"]["default_policy"]
+            updates_now = learner["num_module_steps_trained"] / options.train_batch_size
+            updates += updates_now
+            update_s += timers["learner_update_timer"] * calls
+            wall += result["time_this_iter_s"]
+    finally:
+        algo.stop()
+    return {
+        "env_steps_per_s_sampling": steps / sample_s,
+        "learner_updates_per_s": updates / update_s,
+        "env_steps_per_s_end_to_end": steps / wall,
+        "updates_per_iteration": updates / iterations,
+    }
+
+
+def time_to_protocol(budget_s: float, eval_episodes: int, seed: int) -> dict[str, float]:
+    """Train with the default options; evaluate greedily every few iterations on test patients."""
+    import sepsis_env  # noqa: F401
+    from sepsis_env.policies import clinician_protocol, evaluate
+    from training.rl_config import RLOptions, build_dqn_config, make_raw_env
+    from training.rl_eval import evaluation_env_kwargs, load_policy
+    from training.rl_train import save_checkpoint
+
+    options = RLOptions(seed=seed, evaluation_interval=0)
+    env_cfg = {"env_id": options.env, "env_kwargs": evaluation_env_kwargs(options, "test")}
+    test_env = make_raw_env(env_cfg)
+    protocol = evaluate(clinician_protocol, test_env, eval_episodes, seed=seed + 1).returns.mean()
+    snapshot = Path(tempfile.mkdtemp(prefix="bench_rl_")) / "snapshot"
+    start = time.monotonic()
+    algo = build_dqn_config(options).build_algo()
+    best, reached_s, env_steps = -np.inf, float("nan"), 0
+    try:
+        while time.monotonic() - start < budget_s:
+            for _ in range(5):
+                result = algo.train()
+            env_steps = result["num_env_steps_sampled_lifetime"]
+            greedy = load_policy(save_checkpoint(algo, snapshot, options, with_buffer=False))
+            mean = evaluate(lambda o, r, g=greedy: g(o), test_env, eval_episodes, seed=seed + 1)
+            best = max(best, float(mean.returns.mean()))
+            print(
+                f"  {time.monotonic() - start:6.0f} s  {env_steps:>7} env steps  "
+                f"greedy {mean.returns.mean():6.2f}  protocol {protocol:6.2f}",
+                flush=True,
+            )
+            if mean.returns.mean() >= protocol:
+                reached_s = time.monotonic() - start
+                break
+    finally:
+        algo.stop()
+        shutil.rmtree(snapshot.parent, ignore_errors=True)
+    return {"protocol_return": float(protocol), "best_greedy_return": best,
+            "seconds_to_protocol": reached_s, "env_steps": float(env_steps)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--target-budget", type=float, default=900.0)
+    parser.add_argument("--eval-episodes", type=int, default=500)
+    parser.add_argument("--skip-target", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        print(f"ray {ray.__version__}, gymnasium {gym.__version__}, {os.cpu_count()} CPUs")
+        print("DQN on SepsisEnv-v0 (default options, 0.5 CPU per env runner)")
+        for runners in (1, 2):
+            r = throughput(runners, args.iterations, args.seed)
+            print(
+                f"  {runners} env runner(s): {r['env_steps_per_s_sampling']:7.0f} env steps/s "
+                f"sampled, {r['learner_updates_per_s']:6.1f} learner updates/s "
+                f"(batch {128}), {r['env_steps_per_s_end_to_end']:6.0f} env steps/s end to end "
+                f"with learning ({r['updates_per_iteration']:.0f} updates/iteration)",
+                flush=True,
+            )
+        if not args.skip_target:
+            print(f"time to reach the protocol's mean return ({args.eval_episodes} test episodes):")
+            t = time_to_protocol(args.target_budget, args.eval_episodes, args.seed)
+            if np.isfinite(t["seconds_to_protocol"]):
+                print(f"  reached after {t['seconds_to_protocol']:.0f} s ({t['env_steps']:.0f} "
+                      f"env steps): protocol {t['protocol_return']:.2f}")  # fmt: skip
+            else:
+                best, protocol = t["best_greedy_return"], t["protocol_return"]
+                print(f"  not reached within {args.target_budget:.0f} s: best greedy "
+                      f"{best:.2f} vs protocol {protocol:.2f}")  # fmt: skip
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
