@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tuning.runner import SEARCH_FILE, TRIALS_FILE
+from tuning.runner import SEARCH_FILE, TRIALS_FILE, saved_statuses
 
 TOP_CURVES = 5
 FINAL_DIR = "final"
@@ -125,31 +125,25 @@ def load_analysis(folder: str | Path) -> Analysis:
 
 
 def _statuses(folder: Path) -> dict[str, dict[str, Any]]:
-    """trial id -> {"status", "error"} from trials.json, else from Tune's experiment state."""
+    """trial id -> {"status", "error"}: Tune's saved experiment state (what a resume would
+    continue from), with the errors our trials.json recorded."""
+    recorded: dict[str, dict[str, Any]] = {}
     trials_file = folder / TRIALS_FILE
     if trials_file.is_file():
-        return {t["trial_id"]: t for t in json.loads(trials_file.read_text())["trials"]}
-    out: dict[str, dict[str, Any]] = {}
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if states:
-        for entry in json.loads(states[-1].read_text()).get("trial_data", []):
-            text = entry[0] if isinstance(entry, list) else entry
-            try:
-                data = json.loads(text)
-            except (TypeError, json.JSONDecodeError):
-                continue
-            out[data["trial_id"]] = {"status": data.get("status"), "error": None}
+        recorded = {t["trial_id"]: t for t in json.loads(trials_file.read_text())["trials"]}
+    saved = saved_statuses(str(folder))
+    out = {}
+    for trial_id in set(recorded) | set(saved):
+        entry = dict(recorded.get(trial_id, {"error": None}))
+        entry["status"] = saved.get(trial_id, entry.get("status"))
+        out[trial_id] = entry
     return out
 
 
 def _read_trial(folder: Path, search: dict[str, Any], statuses: dict[str, dict]) -> Trial:
     config = json.loads((folder / "params.json").read_text())
     history = _read_history(folder / "result.json")
-    trial_id = (
-        str(history["trial_id"].iloc[-1])
-        if "trial_id" in history and len(history)
-        else folder.name.removeprefix("trial_")
-    )
+    trial_id = folder.name.removeprefix("trial_")
     params = {k: config[k] for k in search["params"] if k in config}
     error = _error_of(folder)
     known = statuses.get(trial_id, {})
@@ -163,6 +157,9 @@ def _read_trial(folder: Path, search: dict[str, Any], statuses: dict[str, dict])
     if error or tune_status == "ERROR":
         status = ERROR
     elif steps >= int(search["max_steps"]):
+        status = COMPLETED
+    elif tune_status == "TERMINATED" and search.get("scheduler") == "pbt":
+        # PBT stops no trial early; one that cloned a finished trial ends with fewer own steps.
         status = COMPLETED
     elif tune_status == "TERMINATED":
         status = STOPPED

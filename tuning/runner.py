@@ -153,7 +153,7 @@ def run_tuner(
     start = time.monotonic()
     grid = tuner.fit()
     budget_spent = time_budget_s is not None and time.monotonic() - start >= time_budget_s
-    statuses = _tune_statuses(grid)
+    statuses = saved_statuses(path)
     trials = [_trial_record(result, metric, statuses) for result in grid]
     ended = [t for t in trials if t["status"] in ("TERMINATED", "ERROR")]
     finished = len(ended) == len(trials) and (len(trials) >= expected_trials or budget_spent)
@@ -164,16 +164,42 @@ def run_tuner(
     return SearchOutcome(path, finished, trials)
 
 
-def _tune_statuses(grid: Any) -> dict[str, str]:
-    """trial id -> Tune's status (TERMINATED, ERROR, PENDING, RUNNING, PAUSED)."""
-    # ResultGrid exposes results, not statuses; its experiment analysis holds the trials.
-    analysis = getattr(grid, "_experiment_analysis", None)
-    return {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+def saved_statuses(path: str) -> dict[str, str]:
+    """trial id -> status in the newest `experiment_state-*.json` under `path` (local or URI).
+
+    This is the state `Tuner.restore` resumes from: after Ctrl-C it still says PENDING for trials
+    that never ran, where the in-memory ResultGrid already calls them TERMINATED.
+    """
+    text = None
+    if is_uri(path):
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(path)
+        names = sorted(
+            info.path
+            for info in fs.get_file_info(pyarrow.fs.FileSelector(root))
+            if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")
+        )
+        if names:
+            with fs.open_input_stream(names[-1]) as stream:
+                text = stream.read().decode()
+    else:
+        states = sorted(Path(path).glob("experiment_state-*.json"))
+        text = states[-1].read_text() if states else None
+    if text is None:
+        return {}
+    out: dict[str, str] = {}
+    for entry in json.loads(text).get("trial_data", []):
+        # Each entry is [trial JSON, runtime metadata JSON].
+        data = json.loads(entry[0] if isinstance(entry, list) else entry)
+        out[data["trial_id"]] = data.get("status", "UNKNOWN")
+    return out
 
 
 def _trial_record(result: Any, metric: str, statuses: dict[str, str]) -> dict[str, Any]:
     metrics = result.metrics or {}
-    trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+    # The folder names the trial; after a PBT exploit the metrics carry the donor's trial_id.
+    trial_id = Path(result.path).name.removeprefix("trial_")
     error = None
     if result.error is not None:
         lines = str(result.error).strip().splitlines() or [""]
