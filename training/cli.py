@@ -10,6 +10,7 @@ import typer
 from data_prep.cli import data_app
 from training.cli_classify import register as register_classify
 from training.cli_rl import register as register_rl
+from training.cli_study import register as register_study
 from tuning.cli import register as register_tuning
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(data_app, name="data")
 register_rl(app)
 register_classify(app)
 register_tuning(app)
+register_study(app)
 
 
 def main() -> None:

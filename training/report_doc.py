@@ -66,8 +66,8 @@ def render_markdown(title: str, sections: list[Section], base: Path) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1050px;margin:2em auto;
-padding:0 1.2em;color:#1d2433;line-height:1.5}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1050px;
+margin:2em auto;padding:0 1.2em;color:#1d2433;line-height:1.5}
 h1{border-bottom:3px solid #2b6cb0;padding-bottom:.3em}
 h2{margin-top:2.2em;border-bottom:1px solid #d5dbe5;padding-bottom:.2em;color:#2b4f81}
 table{border-collapse:collapse;margin:.8em 0 1.4em;font-size:.9em}
@@ -96,9 +96,7 @@ def render_html(title: str, sections: list[Section]) -> str:
         f"<h1>{html.escape(title)}</h1>",
         "<nav><strong>Contents</strong><ul>",
     ]
-    out += [
-        f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)
-    ]
+    out += [f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)]
     out.append("</ul></nav>")
     for i, section in enumerate(sections):
         out.append(f"<h2 id='s{i}'>{html.escape(section.title)}</h2>")
@@ -106,7 +104,9 @@ def render_html(title: str, sections: list[Section]) -> str:
             if isinstance(block, Paragraph):
                 out.append(f"<p>{_inline(block.text)}</p>")
             elif isinstance(block, Bullets):
-                out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in block.items) + "</ul>")
+                out.append(
+                    "<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in block.items) + "</ul>"
+                )
             elif isinstance(block, Table):
                 if block.caption:
                     out.append(f"<div class='caption'>{_inline(block.caption)}</div>")

@@ -1,0 +1,82 @@
+"""`sepsis-rl run`: the whole study in one command (see `training.study`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from data_prep.cli import console, fail, progress_bar
+
+
+def run_cmd(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real data: a folder of .psv files, a .zip, a .csv or a .parquet. "
+            "Without it, a synthetic cohort is made (the embedded default)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Study folder (stages and the report).")] = Path(
+        "results/study"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file of study options (see training/study.py).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="The run's one seed.")] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Small cohort and short budgets: the study in about 3 minutes.")
+    ] = False,
+) -> None:
+    """Run the study: data -> classifiers -> DQN -> evaluation -> report.
+
+    Finished stages whose inputs have not changed are reused, so a rerun after a crash or Ctrl-C
+    continues where it stopped.
+    """
+    from data_prep.reader import DataFormatError
+    from training.study import load_study_options, run_study
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        options = load_study_options(config, quick, seed)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if data is not None and not data.exists():
+        raise fail(f"{data}: no such file or folder")
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("starting", total=None)
+
+            def progress(text: str, done: int, total: int | None) -> None:
+                bar.update(task, description=text, completed=done, total=total)
+
+            result = run_study(
+                out,
+                options,
+                data,
+                notify=lambda text: bar.console.print(text, highlight=False, markup=False),
+                progress=progress,
+            )
+    except DataFormatError as err:
+        raise fail(
+            f"{err} (fix the file, or set prepare: {{skip_bad: true}} in --config)"
+        ) from None
+    except (FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/]: finished stages are kept; rerun the same command to continue"
+        )
+        raise typer.Exit(130) from None
+    ran, reused = ", ".join(result.ran) or "none", ", ".join(result.reused) or "none"
+    console.print(f"stages run: {ran}; reused: {reused}")
+    console.print(f"report: {result.report_html}  (and {result.report_md.name})")
+    for name in ("prepared", "classify", "rl", "evaluation"):
+        console.print(f"  {name + '/':<12} {out / name}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `run` to the root app."""
+    app.command("run")(run_cmd)
