@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 def throughput(num_env_runners: int, iterations: int, seed: int) -> dict[str, float]:
     """Sampling and update rates over `iterations` training iterations after learning starts."""
-    from training.rl_config import RLOptions, build_dqn_config
+    from training.rl_config import RLOptions, build_dqn_config, configure_learner_process
 
     options = RLOptions(
         num_env_runners=num_env_runners,
@@ -37,6 +37,7 @@ def throughput(num_env_runners: int, iterations: int, seed: int) -> dict[str, fl
         num_steps_sampled_before_learning_starts=0,
         seed=seed,
     )
+    configure_learner_process(options)
     algo = build_dqn_config(options).build_algo()
     try:
         algo.train()  # warm-up: actor start, first weights sync, torch init
@@ -66,7 +67,12 @@ def time_to_protocol(budget_s: float, eval_episodes: int, seed: int) -> dict[str
     """Train with the default options; evaluate greedily every few iterations on test patients."""
     import sepsis_env  # noqa: F401
     from sepsis_env.policies import clinician_protocol, evaluate
-    from training.rl_config import RLOptions, build_dqn_config, make_raw_env
+    from training.rl_config import (
+        RLOptions,
+        build_dqn_config,
+        configure_learner_process,
+        make_raw_env,
+    )
     from training.rl_eval import evaluation_env_kwargs, load_policy
     from training.rl_train import save_checkpoint
 
@@ -76,6 +82,7 @@ def time_to_protocol(budget_s: float, eval_episodes: int, seed: int) -> dict[str
     protocol = evaluate(clinician_protocol, test_env, eval_episodes, seed=seed + 1).returns.mean()
     snapshot = Path(tempfile.mkdtemp(prefix="bench_rl_")) / "snapshot"
     start = time.monotonic()
+    configure_learner_process(options)
     algo = build_dqn_config(options).build_algo()
     best, reached_s, env_steps = -np.inf, float("nan"), 0
     try:

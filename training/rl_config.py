@@ -113,6 +113,10 @@ class RLOptions:
     custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each env runner needs (for example to pin runners to a node)."""
 
+    learner_torch_threads: int = 1
+    """Torch threads of the learner in the driver: more threads slowed a small-MLP update about
+    13-fold on a busy 2-core machine (0.64 s vs 0.048 s at batch 128)."""
+
     # Fault tolerance
     restart_failed_env_runners: bool = True
     """Replace an env runner that died (killed process, lost node) and keep training."""
@@ -278,6 +282,13 @@ def log_episode_return(*, episode, metrics_logger=None, **kwargs) -> None:
         metrics_logger.log_value(
             EPISODE_RETURNS_KEY, float(episode.get_return()), reduce="item_series"
         )
+
+
+def configure_learner_process(options: RLOptions) -> None:
+    """Settings of the process that hosts the (local) learner; call before building."""
+    import torch
+
+    torch.set_num_threads(options.learner_torch_threads)
 
 
 def register_env() -> None:

@@ -33,6 +33,7 @@ from training.rl_config import (
     EPISODE_RETURNS_KEY,
     RLOptions,
     build_dqn_config,
+    configure_learner_process,
     load_options,
     save_options,
 )
@@ -291,6 +292,7 @@ def train(
     save_options(options, run.config)
 
     init_ray(ray_address)
+    configure_learner_process(options)
     algo = build_dqn_config(options).build_algo()
     writer = MetricsWriter(run)
     start = time.monotonic()
