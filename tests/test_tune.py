@@ -167,6 +167,20 @@ def test_search_options_are_checked() -> None:
         RLSearch(scheduler="hyperband").validate()
 
 
+def test_sepsis_trials_are_compared_on_validation_patients() -> None:
+    from tuning.rl_search import evaluated_on
+
+    options = RLOptions(env="SepsisEnv-v0")
+    config = evaluated_on(build_dqn_config(options), options, "val")
+    assert config.env_config["env_kwargs"]["split"] == "train"  # trains on training patients
+    evaluation = config.get_evaluation_config_object()
+    assert evaluation.env_config["env_kwargs"]["split"] == "val"
+    assert evaluation.explore is False
+    cartpole = RLOptions(env="CartPole-v1")
+    plain = build_dqn_config(cartpole)
+    assert evaluated_on(plain, cartpole, "val").evaluation_config == {"explore": False}
+
+
 def test_a_trial_asks_for_fractional_cpus_that_fit_two_cores() -> None:
     base = RLOptions(num_env_runners=1, num_cpus_per_env_runner=0.5)
     bundles = trial_resources(RLSearch(base=base, cpus_for_main_process=0.5)).bundles

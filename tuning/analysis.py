@@ -111,6 +111,7 @@ def load_analysis(folder: str | Path) -> Analysis:
         _read_trial(trial_folder, search, statuses)
         for trial_folder in sorted(p.parent for p in folder.glob("*/params.json"))
     ]
+    never_ran = sorted(set(statuses) - {t.trial_id for t in trials})
     if not trials:
         raise AnalysisError(f"{folder} holds no trial folders yet: the search ran no trial")
     trials.sort(key=lambda t: _sort_key(t, search["mode"] == "max"))
@@ -120,6 +121,11 @@ def load_analysis(folder: str | Path) -> Analysis:
         best = next((t for t in trials if math.isfinite(t.score)), None)
         if best is not None:
             notes.append("No trial ran every step; the best is chosen among incomplete trials.")
+    if never_ran:
+        notes.append(
+            f"{len(never_ran)} more trial(s) were created but never started (the time budget "
+            "ran out, or the search was interrupted: `--resume` runs them)."
+        )
     default = _find_default(trials, search.get("default"))
     return Analysis(folder, search, trials, best, default, trial_table(trials, search), notes)
 
@@ -500,7 +506,8 @@ def summary_markdown(analysis: Analysis) -> str:
         f"completed, {n[STOPPED]} stopped early, {n[ERROR]} failed, {n[UNFINISHED]} unfinished.",
         "",
     ]
-    lines += [f"Note: {note}" for note in analysis.notes]
+    for note in analysis.notes:
+        lines += [f"Note: {note}", ""]
     best = analysis.best
     if best is None:
         lines += ["No trial reported a score, so there is no best configuration.", ""]

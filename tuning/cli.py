@@ -212,6 +212,10 @@ def tune_rl_cmd(
     eval_episodes: Annotated[
         int, typer.Option(help="Greedy evaluation episodes after each iteration.")
     ] = 10,
+    eval_split: Annotated[
+        str,
+        typer.Option(help="Patients of the greedy evaluation (SepsisEnv split; 'none': as train)."),
+    ] = "val",
     env_runners: Annotated[int | None, typer.Option(help="Env runners per trial.")] = None,
     cpus_per_env_runner: Annotated[
         float | None, typer.Option(help="CPUs per env runner (fractional is fine).")
@@ -251,6 +255,7 @@ def tune_rl_cmd(
         perturbation_interval=perturbation_interval,
         repeats=repeats,
         eval_episodes=eval_episodes,
+        eval_split=None if eval_split.lower() == "none" else eval_split,
         cpus_for_main_process=cpus_for_driver,
         storage=storage,
         name=name or "rl",
