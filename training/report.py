@@ -266,7 +266,7 @@ def _classifiers(out: Path, metrics: dict) -> Section:
             "Every model x oversampling on the test patients (95% bootstrap CIs)",
         ),
         Paragraph(
-            f"Best on validation {metrics['config']['select_metric']}: "
+            f"Best on validation {METRIC_LABELS.get(metrics['config']['select_metric'], 'score')}: "
             f"**{MODEL_LABELS.get(best['model'], best['model'])}** with "
             f"**{best['oversample']}** oversampling, threshold {best['threshold']:.3f} chosen on "
             "validation patients."

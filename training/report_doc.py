@@ -71,8 +71,8 @@ margin:2em auto;padding:0 1.2em;color:#1d2433;line-height:1.5}
 h1{border-bottom:3px solid #2b6cb0;padding-bottom:.3em}
 h2{margin-top:2.2em;border-bottom:1px solid #d5dbe5;padding-bottom:.2em;color:#2b4f81}
 table{border-collapse:collapse;margin:.8em 0 1.4em;font-size:.9em}
-th,td{border:1px solid #d5dbe5;padding:.3em .6em;text-align:right}
-th{background:#eef3fa}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #d5dbe5;padding:.3em .6em;text-align:left}
+th{background:#eef3fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#f8fafc}
 figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #e2e8f0}
 figcaption{font-size:.9em;color:#4a5568}
@@ -85,7 +85,17 @@ def _inline(text: str) -> str:
     """Escape, then render `code` and **bold** (the only inline Markdown the report uses)."""
     escaped = html.escape(text)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"\*([^*\s][^*]*)\*", r"<em>\1</em>", escaped)
+
+
+_NUMERIC = re.compile(r"^[-+]?[\d.,]+%?( \[.*\])?$")
+
+
+def _cell(text: str) -> str:
+    """A table cell; numbers (with or without an interval) are right-aligned."""
+    css = " class='num'" if _NUMERIC.match(text.strip()) else ""
+    return f"<td{css}>{_inline(text)}</td>"
 
 
 def render_html(title: str, sections: list[Section]) -> str:
@@ -112,8 +122,7 @@ def render_html(title: str, sections: list[Section]) -> str:
                     out.append(f"<div class='caption'>{_inline(block.caption)}</div>")
                 head = "".join(f"<th>{_inline(h)}</th>" for h in block.headers)
                 body = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                    for row in block.rows
+                    "<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in block.rows
                 )
                 out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif isinstance(block, Figure):

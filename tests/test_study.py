@@ -1,0 +1,162 @@
+"""`sepsis-rl run`: the whole study end to end, stage reuse, and reruns of changed stages."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from training.cli import app
+
+# A study smaller than --quick, so the suite stays fast; every stage still runs for real.
+TINY = {
+    "patients": 1200,
+    "classifier_settings": {"ctgan_epochs": 2, "rf_trees": 30, "xgb_rounds": 30,
+                            "svm_components": 50},
+    "classify": {"oversample": ["none", "smote", "ctgan"], "n_boot": 200},
+    "rl": {"episodes": None, "time_budget_s": 15, "evaluation_interval": 0,
+           "num_env_runners": 1, "num_cpus_per_env_runner": 0.5},
+    "evaluation_episodes": 300,
+}  # fmt: skip
+
+SECTIONS = (
+    "What this report is, and is not",
+    "Cohort",
+    "What cleaning did",
+    "Sepsis classifiers, with and without GAN oversampling",
+    "GAN fidelity",
+    "RL training",
+    "The learned policy against clinical baselines",
+    "By age group",
+    "Vitals under each policy, and treatment use",
+    "Exact settings and versions",
+)
+
+
+def _run(out: Path, config: dict, tmp_path: Path, name: str = "study.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["run", "--out", str(out), "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    out = tmp / "out"
+    output = _run(out, TINY, tmp)
+    return out, output, tmp
+
+
+@pytest.mark.slow
+def test_report_holds_every_section_with_real_numbers(study):
+    out, output, _ = study
+    assert "stages run: raw, prepared, classify, rl, evaluation; reused: none" in output
+    html = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    for title in SECTIONS:
+        assert f"## {title}" in markdown
+        assert title.replace(",", ",") in html
+    assert html.count("data:image/png;base64,") >= 5  # self-contained figures
+    assert "src='classify/" not in html
+    # Real numbers: test metrics with intervals, policy outcomes, cohort counts.
+    assert re.search(r"Logistic regression \| none \| 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", markdown)
+    assert re.search(r"Clinician protocol \| -?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]", markdown)
+    assert "1,200 ICU stays" in markdown
+    assert "synthetic" in markdown.lower()
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["episodes"] == 300
+    assert set(evaluation["policies"]) == {"dqn", "random", "no_treatment", "all_treatments",
+                                           "protocol"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(study):
+    out, _, tmp = study
+    before = (out / "classify" / "metrics.json").stat().st_mtime_ns
+    output = _run(out, TINY, tmp)
+    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation" in output
+    assert (out / "classify" / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_changed_rl_settings_rerun_only_rl_and_evaluation(study):
+    out, _, tmp = study
+    prepared_before = (out / "prepared" / "features.parquet").stat().st_mtime_ns
+    changed = {**TINY, "rl": {**TINY["rl"], "lr": 1e-3}}
+    output = _run(out, changed, tmp, "changed.yaml")
+    assert "stages run: rl, evaluation; reused: raw, prepared, classify" in output
+    assert (out / "prepared" / "features.parquet").stat().st_mtime_ns == prepared_before
+    assert yaml.safe_load((out / "rl" / "config.yaml").read_text())["lr"] == 1e-3
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("patiens: 10\n")
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o"), "--config", str(path)])
+    assert result.exit_code == 2
+    assert "unknown options ['patiens']" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_ray_cleanly_and_the_rerun_continues(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    out = tmp_path / "out"
+    config = {**TINY, "rl": {**TINY["rl"], "time_budget_s": None, "env_steps": 5000,
+                             "checkpoint_every": 1}}  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    command = [sys.executable, "-m", "training.cli", "run", "--out", str(out), "--config",
+               str(path)]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    checkpoint = out / "rl" / "checkpoints" / "last" / "rllib_checkpoint.json"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None and not checkpoint.exists():
+        time.sleep(0.5)
+    assert checkpoint.exists(), "the RL stage never wrote a checkpoint"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")]
+    assert not (out / "rl" / "stage.json").exists()
+    assert (out / "classify" / "stage.json").exists()
+    time.sleep(2)
+    leftovers = _processes_mentioning(str(ray_tmp))
+    assert not leftovers, f"Ray processes still running after Ctrl-C: {leftovers}"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming the interrupted run" in rerun.stdout + rerun.stderr
+    assert "reused: raw, prepared, classify" in rerun.stdout + rerun.stderr
+    assert (out / "rl" / "stage.json").exists() and (out / "report.html").exists()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (read from /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
