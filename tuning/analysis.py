@@ -389,6 +389,9 @@ def plot_learning_curves(analysis: Analysis, path: Path) -> Path:
             lw=2.4 if trial is analysis.best else 1.2,
             label=label,
         )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(
         xlabel=search["step_name"],
         ylabel=analysis.metric,
