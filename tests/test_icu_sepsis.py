@@ -7,7 +7,10 @@ with that reason when it is not installed.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -171,3 +174,119 @@ def test_feature_observation_is_the_package_state_vector() -> None:
     assert both.observation_space.shape == (NUM_STATES + icu_sepsis.NUM_STATE_FEATURES,)
     with pytest.raises(ValueError, match="observation"):
         gym.make(GYM_ID, observation="pixels")
+
+
+# --------------------------------------------------------------------------------------------
+# Training on real RLlib (tiny budget): env runners, exact evaluation during and after training
+# --------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+ICU_CONFIG = REPO / "training" / "configs" / "icu_sepsis.yaml"
+SEPSIS_RL = Path(sys.executable).parent / "sepsis-rl"
+TINY_ICU = {
+    "num_env_runners": 1,
+    "num_cpus_per_env_runner": 0.5,
+    "num_envs_per_env_runner": 2,
+    "rollout_fragment_length": 32,
+    "num_steps_sampled_before_learning_starts": 1000,
+    "min_sample_timesteps_per_iteration": 1000,
+    "replay_capacity": 10_000,
+    "train_batch_size": 64,
+    "fcnet_hiddens": [32],
+    "head_fcnet_hiddens": [16],
+    "evaluation_interval": 1,
+    "checkpoint_every": 100,
+}
+
+
+def test_only_icu_sepsis_runs_get_the_exact_evaluator() -> None:
+    from training.rl_config import RLOptions, build_dqn_config
+
+    assert build_dqn_config(RLOptions(env="CartPole-v1")).custom_evaluation_function is None
+    config = build_dqn_config(RLOptions(env="icu-sepsis", normalize_obs=False))
+    assert callable(config.custom_evaluation_function)
+
+
+@needs_package
+def test_cli_training_in_env_runners_yields_a_policy_with_an_exact_value(
+    tmp_path: Path, evaluator
+) -> None:
+    import pandas as pd
+
+    from training.rl_icu_sepsis import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    sets = [arg for k, v in TINY_ICU.items() for arg in ("--set", f"{k}={v}")]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    cmd = [str(SEPSIS_RL), "train", "--env", "icu-sepsis", "--config", str(ICU_CONFIG)]
+    run = subprocess.run(
+        [*cmd, "--out", str(out), "--env-steps", "3000", "--seed", "2", *sets],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["env_steps"].iloc[-1] >= 3000
+    # Sampling happened in the remote env runner, which had to build the env itself.
+    assert (metrics["healthy_env_runners"] == 1).all()
+    assert metrics["episode_return_mean"].between(0, 1).all()
+    # Every iteration's evaluation is the exact value of the greedy policy at that point...
+    assert metrics["eval_return_mean"].between(0, evaluator.baselines_.optimal).all()
+    assert metrics["eval_return_mean"].nunique() > 1  # the policy changes as it learns
+    # ...and the last one is the exact value of the policy saved in checkpoints/last.
+    actions, report = evaluate_checkpoint(out / "checkpoints" / "last")
+    assert actions.shape == (NUM_STATES,) and actions.dtype == np.int64
+    assert actions.min() >= 0 and actions.max() < NUM_ACTIONS
+    assert report.value == pytest.approx(metrics["eval_return_mean"].iloc[-1], abs=1e-9)
+    assert report.value == pytest.approx(evaluator.value(actions), abs=1e-12)
+    assert report.optimal == pytest.approx(OPTIMAL_VALUE, abs=5e-5)
+
+    # `sepsis-rl evaluate --env icu-sepsis` prints the same exact value and exports the policy.
+    exported = tmp_path / "policy.npy"
+    shown = subprocess.run(
+        [str(SEPSIS_RL), "evaluate", "--env", "icu-sepsis", "--checkpoint"]
+        + [str(out / "checkpoints" / "last"), "--export-policy", str(exported)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert f"{report.value:.4f}" in shown.stdout and f"{OPTIMAL_VALUE:.4f}" in shown.stdout
+    np.testing.assert_array_equal(np.load(exported), actions)
+    assert (out / "eval" / "icu_sepsis_learning_curve.png").stat().st_size > 10_000
+
+
+@needs_package
+def test_admissible_action_set_takes_only_admissible_actions_and_keeps_near_optimum(
+    evaluator,
+) -> None:
+    table = icu_sepsis.action_table(6)
+    mdp = evaluator.mdp_
+    live = np.arange(NUM_STATES) < icu_sepsis.STATE_DEATH
+    assert mdp.admissible[np.arange(NUM_STATES)[live, None], table[live]].all()
+    # The optimum restricted to these actions is within 0.001 of the full optimum; with all
+    # admissible actions (at most 13 per state) it is the full optimum.
+    _, restricted = icu_sepsis.value_iteration(mdp, actions=table)
+    assert evaluator.value(restricted) == pytest.approx(0.8743, abs=1e-4)
+    _, full = icu_sepsis.value_iteration(mdp, actions=icu_sepsis.action_table(13))
+    assert evaluator.value(full) == pytest.approx(OPTIMAL_VALUE, abs=5e-5)
+
+    env = gym.make(GYM_ID, action_set="admissible", max_actions=6)
+    assert env.action_space == gym.spaces.Discrete(6)
+    _, info = env.reset(seed=5)
+    for step in range(30):
+        state = info["state"]
+        _, _, terminated, truncated, info = env.step(step % 6)
+        assert info["package_action"] == table[state, step % 6]
+        if terminated or truncated:
+            break
+    # A greedy table in agent actions is translated to package actions for evaluation.
+    agent_actions = np.arange(NUM_STATES) % 6
+    package = icu_sepsis.greedy_policy_table(
+        lambda obs: agent_actions[np.argmax(obs, axis=1)], "onehot", "admissible", 6
+    )
+    np.testing.assert_array_equal(package, table[np.arange(NUM_STATES), agent_actions])
