@@ -69,6 +69,13 @@ SCORE_SHAPING = 0.5  # reward per point the organ-dysfunction score improves in 
 OXYGEN_COST = 0.05  # nasal cannula / mask: cheap and safe
 VASOPRESSOR_COST = 0.25  # central line, arterial line, ICU bed
 VENTILATION_COST = 0.5  # intubation, sedation, ICU bed
+ACTION_COST = tuple(
+    OXYGEN_COST * o + VENTILATION_COST * v + VASOPRESSOR_COST * p
+    for o, v, p in zip(
+        ph.OXYGEN_OF_ACTION, ph.VENTILATION_OF_ACTION, ph.VASOPRESSORS_OF_ACTION, strict=True
+    )
+)
+"""Treatment cost of each action (the sum of its treatments' costs)."""
 # Organ-dysfunction score from the observation (SOFA-like, 0-11 points): one point per threshold.
 SCORE_MAP_MMHG = (70.0, 60.0, 50.0)  # SOFA cardiovascular: MAP < 70
 SCORE_SPO2_PCT = (94.0, 90.0, 85.0)  # below the oxygen target, hypoxaemia, severe
@@ -492,12 +499,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         previous, previous_score = self._values, self._score
         obs = self._observe(mean_ap, spo2, resp, ph.noise(u, ph.U_NOISE))
         if self.reward_mode == "outcome":
-            reward = (
-                SCORE_SHAPING * (previous_score - self._score)
-                - OXYGEN_COST * oxygen
-                - VENTILATION_COST * ventilation
-                - VASOPRESSOR_COST * vasopressors
-            )
+            reward = SCORE_SHAPING * (previous_score - self._score) - ACTION_COST[a]
             if died:
                 reward += DEATH_REWARD
             elif discharged:
@@ -582,6 +584,7 @@ class SepsisVectorEnv(VectorEnv):
         self._oxygen = np.array(ph.OXYGEN_OF_ACTION)
         self._ventilation = np.array(ph.VENTILATION_OF_ACTION)
         self._vasopressors = np.array(ph.VASOPRESSORS_OF_ACTION)
+        self._action_cost = np.array(ACTION_COST)
         self._rows = np.arange(num_envs)
         self._buffers = np.zeros((num_envs, BUFFER_RECORDS, ph.N_STEP_UNIFORMS))
         self._records = self._buffers.reshape(-1, ph.N_STEP_UNIFORMS)  # a view, for fast gathers
@@ -623,7 +626,8 @@ class SepsisVectorEnv(VectorEnv):
 
         Only the copies where `consume` is True advance their stream (and refill their buffer
         when it runs short); the others read values that are then discarded."""
-        cursor = self._cursor[idx]
+        everyone = len(idx) == self.num_envs  # idx is then self._rows
+        cursor = self._cursor.copy() if everyone else self._cursor[idx]
         short = cursor + records > BUFFER_RECORDS
         if consume is not None:
             short &= consume
@@ -634,7 +638,11 @@ class SepsisVectorEnv(VectorEnv):
         first = idx * BUFFER_RECORDS + np.minimum(cursor, BUFFER_RECORDS - records)
         rows = first if records == 1 else (first[:, None] + np.arange(records)).ravel()
         u = np.take(self._records, rows, axis=0).reshape(len(idx), -1)
-        self._cursor[idx] = cursor + (records if consume is None else records * consume)
+        cursor += records if consume is None else records * consume
+        if everyone:
+            self._cursor = cursor
+        else:
+            self._cursor[idx] = cursor
         return np.ascontiguousarray(u.T)
 
     def _admit(self, idx: np.ndarray) -> None:
@@ -687,9 +695,7 @@ class SepsisVectorEnv(VectorEnv):
         if self.reward_mode == "outcome":
             reward = (
                 SCORE_SHAPING * (previous_scores - scores)
-                - OXYGEN_COST * oxygen
-                - VENTILATION_COST * ventilation
-                - VASOPRESSOR_COST * vasopressors
+                - self._action_cost[actions]
                 + DEATH_REWARD * died
                 + DISCHARGE_REWARD * discharged
             )

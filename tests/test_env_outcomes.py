@@ -77,7 +77,7 @@ def test_episodes_end_by_death_discharge_and_time_limit(results) -> None:
 
 
 def test_protocol_mortality_rises_with_age_group(env: gym.Env) -> None:
-    protocol = evaluate(clinician_protocol, env, 3 * EPISODES, SEED + 10_000)
+    protocol = evaluate(clinician_protocol, env, 2 * EPISODES, SEED + 10_000)
     groups = protocol.age_group
     rates = [protocol.died[groups == g].mean() for g in range(3)]
     assert rates[0] < rates[1] < rates[2], rates
