@@ -19,8 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/sepsis-rl data synth --patients 5000 --seed 0 --out $(OUT)/raw
-	$(BIN)/sepsis-rl data prepare --input $(OUT)/raw --out $(OUT)/prepared
+	$(BIN)/sepsis-rl run --quick --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest
