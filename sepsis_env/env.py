@@ -96,12 +96,14 @@ GUIDELINE_ADD_VASOPRESSORS = {None: 3, 1: 5, 2: 6, 4: 7}
 
 DEFAULT_STEP_HOURS = 4.0  # one decision every 4 h, as in the AI Clinician (Komorowski 2018)
 MAX_STEP_HOURS = 8.0  # longer steps would make the Euler updates inaccurate
-# Randomness: each environment consumes its generator's uniforms in records of
-# `physiology.N_STEP_UNIFORMS`: one record per step, `RESET_RECORDS` per reset. Records are drawn
-# `BUFFER_RECORDS` at a time; a draw that would run past the buffer starts a fresh one. The vector
-# env consumes each copy's generator by the same rule, so their trajectories are identical.
-BUFFER_RECORDS = 128  # 128 x 9 uniforms (9 kB) per environment
-RESET_RECORDS = -(-ph.N_RESET_UNIFORMS // ph.N_STEP_UNIFORMS)  # ceil
+# Randomness: every step and every reset consumes one record of `RECORD_UNIFORMS` uniforms from
+# the environment's generator (a step uses the first `physiology.N_STEP_UNIFORMS`, a reset the
+# first `physiology.N_RESET_UNIFORMS`). Records are drawn `BUFFER_RECORDS` at a time. In the
+# vector env each copy owns its generator and consumes it by the same rule; since a copy either
+# steps or (after the end of an episode) resets at every vector step, all copies stay in lockstep
+# and the vector env reads one record of every copy at the same position of their buffers.
+RECORD_UNIFORMS = max(ph.N_STEP_UNIFORMS, ph.N_RESET_UNIFORMS)
+BUFFER_RECORDS = 128  # records drawn at a time: 128 x 12 uniforms (12 kB) per environment
 
 # Admission ranges: cohort values are clipped to these physiologically survivable ranges.
 COHORT_VITALS: tuple[str, ...] = ph.COHORT_COLUMNS
@@ -452,27 +454,27 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         self.patient = ph.Patient()
         self._values: list[float] = []  # the last observation as Python floats
         self._score = 0
-        self._buffer = np.zeros((0, ph.N_STEP_UNIFORMS))
+        self._buffer = np.zeros((0, RECORD_UNIFORMS))
         self._buffer_rng: np.random.Generator | None = None
         self._cursor = BUFFER_RECORDS
         self._patient_index = -1
 
-    def _take(self, records: int) -> list[float]:
-        """The next `records` records of uniforms of this environment's stream, flattened."""
-        if self._cursor + records > BUFFER_RECORDS or self._buffer_rng is not self.np_random:
-            self._buffer = self.np_random.random((BUFFER_RECORDS, ph.N_STEP_UNIFORMS))
+    def _take(self) -> list[float]:
+        """The next record of uniforms of this environment's stream."""
+        if self._cursor == BUFFER_RECORDS or self._buffer_rng is not self.np_random:
+            self._buffer = self.np_random.random((BUFFER_RECORDS, RECORD_UNIFORMS))
             self._buffer_rng = self.np_random  # reset(seed=...) replaces the generator
             self._cursor = 0
         c = self._cursor
-        self._cursor = c + records
-        return self._buffer[c : c + records].ravel().tolist()
+        self._cursor = c + 1
+        return self._buffer[c].tolist()
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         table, _ = self._cohort.tables()
-        r = self._take(RESET_RECORDS)
+        r = self._take()
         n = len(table)
         self._patient_index = min(int(r[ph.R_PATIENT] * n), n - 1)
         p = self.patient
@@ -487,7 +489,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         a = int(action)
         if not 0 <= a < 8:
             raise ValueError(f"action {action!r} is not in Discrete(8)")
-        u = self._take(1)
+        u = self._take()
         p = self.patient
         oxygen = ph.OXYGEN_OF_ACTION[a]
         ventilation = ph.VENTILATION_OF_ACTION[a]
@@ -586,9 +588,8 @@ class SepsisVectorEnv(VectorEnv):
         self._vasopressors = np.array(ph.VASOPRESSORS_OF_ACTION)
         self._action_cost = np.array(ACTION_COST)
         self._rows = np.arange(num_envs)
-        self._buffers = np.zeros((num_envs, BUFFER_RECORDS, ph.N_STEP_UNIFORMS))
-        self._records = self._buffers.reshape(-1, ph.N_STEP_UNIFORMS)  # a view, for fast gathers
-        self._cursor = np.full(num_envs, BUFFER_RECORDS, dtype=np.int64)
+        self._buffers = np.zeros((num_envs, BUFFER_RECORDS, RECORD_UNIFORMS))
+        self._cursor = BUFFER_RECORDS  # shared by all copies (lockstep)
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._patient_index = np.zeros(num_envs, dtype=np.int64)
         self._prev_done = np.zeros(num_envs, dtype=bool)
@@ -610,45 +611,31 @@ class SepsisVectorEnv(VectorEnv):
             seeds = list(seed)
         # Same construction as gymnasium.utils.seeding.np_random, which SepsisEnv.reset uses.
         self._generators = [gym.utils.seeding.np_random(s)[0] for s in seeds]
-        self._cursor[:] = BUFFER_RECORDS  # empty: the first draw fills the buffer
+        self._cursor = BUFFER_RECORDS  # empty: the first draw fills the buffers
         for name in ph.PATIENT_FIELDS:
             setattr(self.patient, name, np.zeros(self.num_envs))
-        self._admit(self._rows)
+        self._admit(self._rows, self._take())
         self._steps[:] = 0
         self._prev_done[:] = False
         return self._obs_t.T.copy(order="K"), self._info(
             np.zeros(self.num_envs, dtype=np.int8), None
         )
 
-    def _take(self, idx: np.ndarray, records: int, consume: np.ndarray | None = None) -> np.ndarray:
-        """The next `records` records of uniforms of the sub-environments `idx`, as an
-        (records x N_STEP_UNIFORMS, len(idx)) array: row k holds uniform k of every copy.
+    def _take(self) -> np.ndarray:
+        """The next record of uniforms of every copy, as a (RECORD_UNIFORMS, num_envs) array:
+        row k holds uniform k of every copy."""
+        if self._cursor == BUFFER_RECORDS:
+            for generator, buffer in zip(self._generators, self._buffers, strict=True):
+                generator.random(out=buffer)
+            self._cursor = 0
+        u = np.ascontiguousarray(self._buffers[:, self._cursor, :].T)
+        self._cursor += 1
+        return u
 
-        Only the copies where `consume` is True advance their stream (and refill their buffer
-        when it runs short); the others read values that are then discarded."""
-        everyone = len(idx) == self.num_envs  # idx is then self._rows
-        cursor = self._cursor.copy() if everyone else self._cursor[idx]
-        short = cursor + records > BUFFER_RECORDS
-        if consume is not None:
-            short &= consume
-        if short.any():
-            for i in idx[short].tolist():
-                self._generators[i].random(out=self._buffers[i])
-            cursor[short] = 0
-        first = idx * BUFFER_RECORDS + np.minimum(cursor, BUFFER_RECORDS - records)
-        rows = first if records == 1 else (first[:, None] + np.arange(records)).ravel()
-        u = np.take(self._records, rows, axis=0).reshape(len(idx), -1)
-        cursor += records if consume is None else records * consume
-        if everyone:
-            self._cursor = cursor
-        else:
-            self._cursor[idx] = cursor
-        return np.ascontiguousarray(u.T)
-
-    def _admit(self, idx: np.ndarray) -> None:
-        """Draw new patients for the sub-environments `idx` and write their first observation."""
+    def _admit(self, idx: np.ndarray, r: np.ndarray) -> None:
+        """Admit new patients to the copies `idx`, with their records of uniforms `r`
+        (one column per copy), and write their first observation."""
         table, _ = self._cohort.tables()
-        r = self._take(idx, RESET_RECORDS)
         n = len(table)
         chosen = np.minimum((r[ph.R_PATIENT] * n).astype(np.int64), n - 1)
         self._patient_index[idx] = chosen
@@ -680,7 +667,7 @@ class SepsisVectorEnv(VectorEnv):
             raise RuntimeError("call reset() before step()")
         actions = np.asarray(actions, dtype=np.int64)
         restart = self._prev_done
-        u = self._take(self._rows, 1, consume=~restart)
+        u = self._take()  # a step record for most copies, a reset record for `restart` ones
         p = self.patient
         oxygen = self._oxygen[actions]
         ventilation = self._ventilation[actions]
@@ -709,7 +696,7 @@ class SepsisVectorEnv(VectorEnv):
         self._scores = scores
         if restart.any():
             idx = np.flatnonzero(restart)
-            self._admit(idx)
+            self._admit(idx, u[:, idx])
             self._steps[idx] = 0
             reward[idx] = 0.0
             terminated[idx] = False
