@@ -614,7 +614,12 @@ class SepsisVectorEnv(VectorEnv):
         self._cursor = BUFFER_RECORDS  # empty: the first draw fills the buffers
         for name in ph.PATIENT_FIELDS:
             setattr(self.patient, name, np.zeros(self.num_envs))
-        self._admit(self._rows, self._take())
+        r = self._take()
+        mean_ap, spo2, resp = self._admit(self._rows, r)
+        self._obs_t = self._observe(
+            self.patient, mean_ap, spo2, resp, ph.noise_batch(r, ph.R_NOISE)
+        )
+        self._scores = organ_scores(self._obs_t.T)
         self._steps[:] = 0
         self._prev_done[:] = False
         return self._obs_t.T.copy(order="K"), self._info(
@@ -632,9 +637,9 @@ class SepsisVectorEnv(VectorEnv):
         self._cursor += 1
         return u
 
-    def _admit(self, idx: np.ndarray, r: np.ndarray) -> None:
-        """Admit new patients to the copies `idx`, with their records of uniforms `r`
-        (one column per copy), and write their first observation."""
+    def _admit(self, idx: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Admit new patients to the copies `idx`, with their records of uniforms `r` (one
+        column per copy); return their true MAP, SpO2 and breathing rate."""
         table, _ = self._cohort.tables()
         n = len(table)
         chosen = np.minimum((r[ph.R_PATIENT] * n).astype(np.int64), n - 1)
@@ -645,9 +650,7 @@ class SepsisVectorEnv(VectorEnv):
         for name in ph.PATIENT_FIELDS:
             getattr(p, name)[idx] = getattr(new, name)
         mean_ap, _, spo2, resp = ph.vitals(new, np.maximum, np.minimum)
-        obs_t = self._observe(new, mean_ap, spo2, resp, ph.noise_batch(r, ph.R_NOISE))
-        self._obs_t[:, idx] = obs_t
-        self._scores[idx] = organ_scores(obs_t.T)
+        return mean_ap, spo2, resp
 
     def _observe(self, p: ph.Patient, mean_ap: Any, spo2: Any, resp: Any, e: np.ndarray):
         columns = (
@@ -677,7 +680,15 @@ class SepsisVectorEnv(VectorEnv):
         )
         discharged = (p.stable_hours >= ph.DISCHARGE_STABLE_HOURS) & ~died
         previous, previous_scores = self._obs_t.T, self._scores
-        obs_t = self._observe(p, mean_ap, spo2, resp, ph.noise_batch(u, ph.U_NOISE))
+        e = ph.noise_batch(u, ph.U_NOISE)
+        if restart.any():
+            # Next-step autoreset: these copies start their next patient instead of stepping.
+            # Their first observation is measured together with everyone else's.
+            idx = np.flatnonzero(restart)
+            r = u[:, idx]
+            mean_ap[idx], spo2[idx], resp[idx] = self._admit(idx, r)
+            e[:, idx] = ph.noise_batch(r, ph.R_NOISE)
+        obs_t = self._observe(p, mean_ap, spo2, resp, e)
         scores = organ_scores(obs_t.T)
         if self.reward_mode == "outcome":
             reward = (
@@ -695,8 +706,6 @@ class SepsisVectorEnv(VectorEnv):
         self._obs_t = obs_t
         self._scores = scores
         if restart.any():
-            idx = np.flatnonzero(restart)
-            self._admit(idx, u[:, idx])
             self._steps[idx] = 0
             reward[idx] = 0.0
             terminated[idx] = False
