@@ -65,11 +65,13 @@ def _proc_table() -> dict[int, tuple[int, str]]:
 class LocalNode:
     """One Ray node started with `ray start --block` on 127.0.0.1; `kill()` stops only it."""
 
-    def __init__(self, args: list[str], temp_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], temp_dir: Path, env: dict[str, str], node_ip: str = "127.0.0.1"
+    ) -> None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         self.log = (temp_dir / "ray_start.log").open("w")
         cmd = [
-            RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+            RAY, "start", "--block", f"--node-ip-address={node_ip}", f"--temp-dir={temp_dir}",
             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
             *args,
         ]  # fmt: skip
@@ -83,12 +85,12 @@ class LocalNode:
         (remembered, so workers reparented after a crash are still stopped)."""
         table = _proc_table()
         frontier = [self.proc.pid] if self.proc.pid in table else []
+        seen: set[int] = set()
         while frontier:
             pid = frontier.pop()
+            seen.add(pid)
             self._known.setdefault(pid, table[pid][1])
-            frontier += [
-                c for c, (ppid, _) in table.items() if ppid == pid and c not in self._known
-            ]
+            frontier += [c for c, (ppid, _) in table.items() if ppid == pid and c not in seen]
         return {pid for pid, start in self._known.items() if table.get(pid, (0, None))[1] == start}
 
     def kill(self) -> None:
@@ -233,11 +235,18 @@ def test_training_survives_losing_a_second_node(
 ) -> None:
     """Two env runners, one on each node (each node offers one `runner_slot`, each runner needs
     one); node 2 is killed mid-run; the job still finishes its budget on the head's runner."""
+    # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with 1
+    # it replaces "127.0.0.1" (in --address and --node-ip-address) by the machine's default
+    # interface. Addresses Ray does not call "localhost" keep it on loopback: the node is
+    # 127.0.0.2 and reaches the head's GCS (bound to 127.0.0.1) as [::ffff:127.0.0.1].
+    gcs_port = head["gcs"].rsplit(":", 1)[1]
     second = LocalNode(
-        [f"--address={head['gcs']}", "--num-cpus=1", '--resources={"runner_slot": 1}'],
+        [f"--address=[::ffff:127.0.0.1]:{gcs_port}", "--num-cpus=1",
+         '--resources={"runner_slot": 1}'],
         short_dir / "node2",
-        head["env"],
-    )
+        {**head["env"], "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+        node_ip="127.0.0.2",
+    )  # fmt: skip
     try:
         wait_for_nodes(head["gcs"], head["env"], count=2)
         pid_dir, out = tmp_path / "pids", tmp_path / "run"
@@ -256,6 +265,7 @@ def test_training_survives_losing_a_second_node(
             runner_pids = {int(p.name) for p in pid_dir.glob("*")}
             on_node2 = runner_pids & second.pids()
         assert on_node2, "no env runner started on the second node"
+        assert "Local node IP: 127.0.0.2" in _plain(short_dir / "node2" / "ray_start.log")
         assert runner_pids - on_node2, "no env runner started on the head"
         time.sleep(5)  # let it sample
         second.kill()
@@ -267,3 +277,8 @@ def test_training_survives_losing_a_second_node(
         assert metrics
     finally:
         second.kill()
+
+
+def _plain(log: Path) -> str:
+    """A log without ANSI colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", log.read_text())

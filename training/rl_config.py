@@ -102,11 +102,11 @@ class RLOptions:
     # Sampling and resources
     num_env_runners: int = 1
     """Remote env-runner actors sampling in parallel (0: sample in the driver)."""
-    num_envs_per_env_runner: int = 1
+    num_envs_per_env_runner: int = 4
     """Environment copies stepped together in each env runner."""
     num_cpus_per_env_runner: float = 1.0
     """CPUs reserved per env runner (fractional values let runners share a core)."""
-    rollout_fragment_length: int = 32
+    rollout_fragment_length: int = 16
     """Env steps per env per sampling round (RLlib's 'auto' came out as 1: very slow)."""
     min_sample_timesteps_per_iteration: int = 1000
     """Env steps sampled per training iteration at least."""
