@@ -1,0 +1,150 @@
+"""DQN on SepsisEnv: default env and split, evaluation against the baselines, recommend.
+
+One tiny real training run (about 1,000 env steps) serves every test in this module; the
+quality of its policy is not asserted here (see the benchmark and the report for that).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import app
+from training.rl_config import RLOptions, env_config_of, make_env
+
+SEPSIS_RL = Path(sys.executable).parent / "sepsis-rl"
+PATIENT = {
+    "HR": 112, "O2Sat": 90, "SBP": 88, "DBP": 50, "MAP": 62.7, "Resp": 26, "Temp": 38.6,
+    "Lactate": 3.1, "Age": 71,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import ray
+
+    from training.rl_train import train
+
+    out = tmp_path_factory.mktemp("sepsis_run") / "run"
+    options = RLOptions(
+        episodes=None,
+        env_steps=1000,
+        num_env_runners=1,
+        num_cpus_per_env_runner=0.5,
+        min_sample_timesteps_per_iteration=500,
+        num_steps_sampled_before_learning_starts=200,
+        evaluation_interval=1,
+        evaluation_episodes=5,
+        training_intensity=2,
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        train(options, out)
+    finally:
+        ray.shutdown()
+    return out / "checkpoints" / "last"
+
+
+def test_default_env_is_sepsis_on_the_training_split() -> None:
+    options = RLOptions()
+    assert options.env == "SepsisEnv-v0"
+    config = env_config_of(options)
+    assert config["env_kwargs"] == {"split": "train"}
+    env = make_env(config)
+    obs, _ = env.reset(seed=0)
+    assert np.all(obs >= -1) and np.all(obs <= 1)
+    assert env.unwrapped._cohort.split == "train"
+
+
+def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [str(SEPSIS_RL), "evaluate", "--checkpoint", str(checkpoint), "--episodes", "60",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report["policies"]) == {
+        "dqn",
+        "random",
+        "no_treatment",
+        "all_treatments",
+        "protocol",
+    }
+    assert report["env_kwargs"]["split"] == "test"
+    for name, groups in report["policies"].items():
+        assert set(groups) == {"overall", "18-40", "41-65", "66+"}, name
+        assert groups["overall"]["episodes"][0] == 60
+    diffs = report["difference_to_protocol"]
+    assert "protocol" not in diffs
+    for name, groups in diffs.items():
+        for metric, (est, lo, hi) in groups["overall"].items():
+            assert lo <= est <= hi, (name, metric)
+    # random does worse than the protocol on the same patients
+    assert diffs["random"]["overall"]["return"][0] < 0
+    for png in ("training_returns", "evaluation_returns", "vitals_typical_patients",
+                "actions_by_group_and_state"):  # fmt: skip
+        assert (out / f"{png}.png").stat().st_size > 10_000, png
+    assert "beats the protocol" in done.stdout
+
+
+def test_recommend_gives_the_greedy_action_and_every_q_value(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    from training.rl_eval import load_policy, patient_observation
+
+    patient = tmp_path / "patient.json"
+    patient.write_text(json.dumps(PATIENT))
+    result = CliRunner().invoke(
+        app, ["recommend", "--checkpoint", str(checkpoint), "--patient", str(patient), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert len(out["q_values"]) == 8
+    assert out["action_name"] == max(out["q_values"], key=out["q_values"].get)
+    policy = load_policy(checkpoint)
+    obs = patient_observation(PATIENT)
+    assert out["action"] == int(policy.actions(obs[None])[0])
+    assert out["observation"]["ventilation"] == 0.0  # default: no support running
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"MAP": None}, "missing vitals ['MAP']"),
+        ({"HR": "fast"}, "HR: 'fast' is not a number"),
+        ({"O2Sat": 140}, "O2Sat: 140 % is impossible"),
+        ({"SBP": 40, "DBP": 60, "MAP": 50}, "SBP 40 below DBP 60"),
+        ({"vasopressors": 0.5}, "vasopressors: 0.5 must be 0"),
+        ({"Heartrate": 80}, "unknown fields ['Heartrate']"),
+    ],
+)
+def test_recommend_rejects_bad_patients_with_a_clear_error(
+    checkpoint: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    patient = {**PATIENT, **change}
+    patient = {k: v for k, v in patient.items() if v is not None}
+    path = tmp_path / "patient.json"
+    path.write_text(json.dumps(patient))
+    result = CliRunner().invoke(
+        app, ["recommend", "--checkpoint", str(checkpoint), "--patient", str(path)]
+    )
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_recommend_rejects_a_file_that_is_not_json(checkpoint: Path, tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_text('{"HR": 80,\n "MAP": }')
+    result = CliRunner().invoke(
+        app, ["recommend", "--checkpoint", str(checkpoint), "--patient", str(path)]
+    )
+    assert result.exit_code == 2
+    assert "not valid JSON at line 2" in " ".join(result.output.split())
