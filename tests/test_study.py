@@ -83,6 +83,16 @@ def test_rerun_skips_finished_stages(study):
     assert "stages run: none; reused: raw, prepared, classify, rl, evaluation" in output
     assert (out / "classify" / "metrics.json").stat().st_mtime_ns == before
 
+    # Shared storage (s3://, gs://, ...): file:// stands in for it here.
+    shared = tmp / "shared"
+    path = tmp / "study.yaml"
+    result = CliRunner().invoke(
+        app, ["run", "--out", str(out), "--config", str(path), "--upload", shared.as_uri()]
+    )
+    assert result.exit_code == 0, result.output
+    assert (shared / "report.html").read_bytes() == (out / "report.html").read_bytes()
+    assert (shared / "rl" / "checkpoints" / "last" / "rllib_checkpoint.json").exists()
+
 
 @pytest.mark.slow
 def test_changed_rl_settings_rerun_only_rl_and_evaluation(study):

@@ -29,6 +29,13 @@ def run_cmd(
     quick: Annotated[
         bool, typer.Option(help="Small cohort and short budgets: the study in about 3 minutes.")
     ] = False,
+    upload: Annotated[
+        str | None,
+        typer.Option(
+            help="Also copy the finished study folder to shared storage "
+            "(s3://bucket/prefix, gs://..., file://...)."
+        ),
+    ] = None,
 ) -> None:
     """Run the study: data -> classifiers -> DQN -> evaluation -> report.
 
@@ -47,18 +54,17 @@ def run_cmd(
         raise fail(f"{data}: no such file or folder")
     try:
         with progress_bar() as bar:
-            task = bar.add_task("starting", total=None)
+            task = bar.add_task("study", total=None)
 
             def progress(text: str, done: int, total: int | None) -> None:
                 bar.update(task, description=text, completed=done, total=total)
 
-            result = run_study(
-                out,
-                options,
-                data,
-                notify=lambda text: bar.console.print(text, highlight=False, markup=False),
-                progress=progress,
-            )
+            def notify(text: str) -> None:
+                bar.console.print(text, highlight=False, markup=False)
+                stage = text.split("]")[0].lstrip("[")
+                bar.update(task, description=stage, completed=0, total=None)
+
+            result = run_study(out, options, data, notify=notify, progress=progress)
     except DataFormatError as err:
         raise fail(
             f"{err} (fix the file, or set prepare: {{skip_bad: true}} in --config)"
@@ -70,6 +76,15 @@ def run_cmd(
             "[yellow]interrupted[/]: finished stages are kept; rerun the same command to continue"
         )
         raise typer.Exit(130) from None
+    if upload:
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.copy_files(str(Path(out).resolve()), upload)
+        except (OSError, ValueError) as err:
+            message = f"the study finished in {out} but the upload to {upload} failed: {err}"
+            raise fail(message, 1) from None
+        console.print(f"uploaded {out} to {upload}")
     ran, reused = ", ".join(result.ran) or "none", ", ".join(result.reused) or "none"
     console.print(f"stages run: {ran}; reused: {reused}")
     console.print(f"report: {result.report_html}  (and {result.report_md.name})")
