@@ -103,8 +103,9 @@ def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(tmp_path:
     out = tmp_path / "run"
     sets = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
     cmd = [str(SEPSIS_RL), "train", "--env", TOY_ENV, "--out", str(out), "--seed", "3"]
+    mirror = tmp_path / "shared_storage"
     first = subprocess.run(
-        [*cmd, "--env-steps", "3000", *sets],
+        [*cmd, "--env-steps", "3000", *sets, "--sync-to", f"file://{mirror}"],
         env=_env_with_tests_on_path(),
         capture_output=True,
         text=True,
@@ -114,6 +115,7 @@ def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(tmp_path:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["env_steps"] >= 3000
     buffered = summary["replay_buffer_timesteps"]
+    assert (mirror / "checkpoints" / "last" / "replay_buffer.pkl").exists()  # --sync-to
     assert buffered == summary["env_steps"]  # capacity not reached: every step is kept
 
     # The greedy policy served from the bare RLModule (normalising like training) beats random.
@@ -121,9 +123,9 @@ def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(tmp_path:
     from training.rl_eval import load_policy
 
     policy = load_policy(out / "checkpoints" / "last")
-    assert greedy_mean_return(policy, TOY_ENV, episodes=100, seed=1000) >= 8.5  # random: 5
+    assert greedy_mean_return(policy, TOY_ENV, episodes=100, seed=1000) >= 7.5  # random: 5.0 +- 0.05
     best = load_policy(out / "checkpoints" / "best")
-    assert greedy_mean_return(best, TOY_ENV, episodes=100, seed=1000) >= 8.5
+    assert greedy_mean_return(best, TOY_ENV, episodes=100, seed=1000) >= 7.5
 
     # Resume: the buffer comes back and learning goes on from the first resumed iteration.
     second = subprocess.run(
