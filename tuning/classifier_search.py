@@ -340,11 +340,9 @@ def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> Sea
                 name=search.name,
                 storage_path=storage_path(search.storage),
                 failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1,
-                    checkpoint_score_attribute=search.tune_metric,
-                    checkpoint_score_order=search.mode,
-                ),
+                # Fold-score checkpoints are a few hundred bytes: keep them all. A `num_to_keep`
+                # would force an experiment-state snapshot at every fold.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 verbose=0,
             ),
         )
