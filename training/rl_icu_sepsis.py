@@ -200,7 +200,7 @@ def plot_exact_learning_curve(
     ax.plot(steps, values, color="tab:blue", lw=1.5, label="learned (greedy), exact")
     lines = [
         (reference.optimal, "optimal (value iteration)", "tab:green", "-"),
-        (target, f"target {target:.2f}", "tab:red", "--"),
+        (target, "target", "tab:red", "--"),
         (reference.expert, "clinicians", "tab:purple", ":"),
         (reference.random, "random", "tab:gray", ":"),
     ]
