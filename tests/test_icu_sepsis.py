@@ -63,6 +63,12 @@ def test_missing_package_error_says_how_to_install(monkeypatch) -> None:
     with pytest.raises(ICUSepsisNotInstalledError, match=r'pip install -e "\.\[icu-sepsis\]"'):
         icu_sepsis.require_icu_sepsis()
     assert not icu_sepsis.icu_sepsis_available()
+    # Training says so in the driver, before env runners fail on it; other envs are unaffected.
+    from training.rl_config import RLOptions, build_dqn_config
+
+    with pytest.raises(ICUSepsisNotInstalledError, match="icu-sepsis"):
+        build_dqn_config(RLOptions(env="icu-sepsis"))
+    assert build_dqn_config(RLOptions(env="CartPole-v1")).custom_evaluation_function is None
 
 
 def test_alias_and_ids_name_the_benchmark() -> None:

@@ -105,7 +105,7 @@ def train_cmd(
         result = train(
             options, out, resume=resume, on_iteration=show, sync_uri=sync_to, ray_address=address
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
     console.print(

@@ -160,8 +160,14 @@ def format_report(report: icu_sepsis.PolicyReport) -> str:
 def custom_evaluation_for(
     options: RLOptions,
 ) -> Callable[[Any, Any], tuple[dict[str, Any], int, int]] | None:
-    """The exact evaluation function for ICU-Sepsis runs; None (sampled episodes) otherwise."""
-    return exact_evaluation_function(options) if icu_sepsis.is_icu_sepsis(options.env) else None
+    """The exact evaluation function for ICU-Sepsis runs; None (sampled episodes) otherwise.
+
+    Raises `ICUSepsisNotInstalledError` (with the install command) for an ICU-Sepsis run without
+    the optional package, in the driver, before any env runner fails on it."""
+    if not icu_sepsis.is_icu_sepsis(options.env):
+        return None
+    icu_sepsis.require_icu_sepsis()
+    return exact_evaluation_function(options)
 
 
 def exact_learning_curve(metrics_csv: str | Path) -> tuple[np.ndarray, np.ndarray]:
