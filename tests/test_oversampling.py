@@ -8,6 +8,7 @@ import pytest
 import torch
 from imblearn.pipeline import Pipeline
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 from data_prep.fidelity import compare_sample, detectability_auroc, fidelity_report
 from data_prep.oversampling import CTGANOverSampler, physiological_limits
@@ -129,7 +130,8 @@ def test_runs_only_at_fit_inside_a_pipeline():
     pipe = Pipeline(
         [
             ("oversample", CTGANOverSampler(random_state=0, **FAST)),
-            ("model", LogisticRegression(max_iter=500)),
+            ("scale", StandardScaler()),
+            ("model", LogisticRegression(max_iter=1000)),
         ]
     ).fit(X, y)
     assert pipe.named_steps["oversample"].n_generated_ == N_ROWS - 2 * N_SEPTIC

@@ -190,7 +190,9 @@ def load_features(data_dir: Path) -> FeatureTable:
         raise DataFolderError(f"{path} has no feature columns")
     _check_values(frame, feature_names, path)
     _check_split_file(frame, data_dir / SPLIT_FILE)
-    return FeatureTable(frame, feature_names, _binary_columns(frame[feature_names]), path)
+    # Column types come from the training patients, like every other learned choice.
+    train_features = frame.loc[frame["split"] == "train", feature_names]
+    return FeatureTable(frame, feature_names, _binary_columns(train_features), path)
 
 
 def _check_values(frame: pd.DataFrame, feature_names: list[str], path: Path) -> None:
