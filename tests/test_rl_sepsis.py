@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from training.cli import app
-from training.rl_config import RLOptions, env_config_of, make_env
+from training.rl_config import RLOptions, env_config_of, evaluation_env_config_of, make_env
 
 SEPSIS_RL = Path(sys.executable).parent / "sepsis-rl"
 PATIENT = {
@@ -56,6 +56,8 @@ def test_default_env_is_sepsis_on_the_training_split() -> None:
     assert options.env == "SepsisEnv-v0"
     config = env_config_of(options)
     assert config["env_kwargs"] == {"split": "train"}
+    # the best checkpoint is chosen on validation patients, never on the test patients
+    assert evaluation_env_config_of(options)["env_kwargs"] == {"split": "val"}
     env = make_env(config)
     obs, _ = env.reset(seed=0)
     assert np.all(obs >= -1) and np.all(obs <= 1)

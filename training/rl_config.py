@@ -130,6 +130,9 @@ class RLOptions:
     """Evaluate the greedy policy every this many iterations (0: never)."""
     evaluation_episodes: int = 50
     """Episodes per evaluation during training."""
+    evaluation_split: str | None = "val"
+    """Patient split of the evaluation env when the env takes a `split` (never the test split:
+    the best checkpoint would be chosen on the patients it is later judged on)."""
 
     # Budget and bookkeeping (used by the training loop, not by RLlib)
     episodes: int | None = 3600
@@ -306,6 +309,14 @@ def _exact_evaluation(options: RLOptions):
     return custom_evaluation_for(options)
 
 
+def evaluation_env_config_of(options: RLOptions) -> dict[str, Any]:
+    """The `env_config` of the greedy evaluation during training (validation patients)."""
+    config = env_config_of(options)
+    if options.evaluation_split is not None and "split" in config["env_kwargs"]:
+        config["env_kwargs"]["split"] = options.evaluation_split
+    return config
+
+
 def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray is heavy)
     """The RLlib `DQNConfig` of a run: dueling double DQN with prioritized n-step replay."""
     from ray.rllib.algorithms.dqn import DQNConfig
@@ -359,7 +370,9 @@ def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray
             evaluation_duration=options.evaluation_episodes,
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
-            evaluation_config=DQNConfig.overrides(explore=False),
+            evaluation_config=DQNConfig.overrides(
+                explore=False, env_config=evaluation_env_config_of(options)
+            ),
             custom_evaluation_function=_exact_evaluation(options),
         )
         .callbacks(on_episode_end=log_episode_return)
