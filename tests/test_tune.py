@@ -168,17 +168,16 @@ def test_search_options_are_checked() -> None:
 
 
 def test_sepsis_trials_are_compared_on_validation_patients() -> None:
-    from tuning.rl_search import evaluated_on
+    from tuning.rl_search import trial_options
 
-    options = RLOptions(env="SepsisEnv-v0")
-    config = evaluated_on(build_dqn_config(options), options, "val")
+    base = RLOptions(env="SepsisEnv-v0").to_dict()
+    options = trial_options({"base": base, "trial": {"eval_episodes": 7}, "lr": 1e-3})
+    config = build_dqn_config(options)
     assert config.env_config["env_kwargs"]["split"] == "train"  # trains on training patients
     evaluation = config.get_evaluation_config_object()
     assert evaluation.env_config["env_kwargs"]["split"] == "val"
     assert evaluation.explore is False
-    cartpole = RLOptions(env="CartPole-v1")
-    plain = build_dqn_config(cartpole)
-    assert evaluated_on(plain, cartpole, "val").evaluation_config == {"explore": False}
+    assert config.evaluation_interval == 1 and config.evaluation_duration == 7
 
 
 def test_a_trial_asks_for_fractional_cpus_that_fit_two_cores() -> None:

@@ -245,6 +245,8 @@ def tune_rl_cmd(
         base = load_options(config, overrides)
     except (ValueError, FileNotFoundError, TypeError) as err:
         raise _fail(str(err)) from None
+    # The builder evaluates on this split (RLOptions.evaluation_split); "none": the training one.
+    base.evaluation_split = None if eval_split.lower() == "none" else eval_split
     search = RLSearch(
         base=base,
         num_samples=num_samples,
@@ -255,7 +257,6 @@ def tune_rl_cmd(
         perturbation_interval=perturbation_interval,
         repeats=repeats,
         eval_episodes=eval_episodes,
-        eval_split=None if eval_split.lower() == "none" else eval_split,
         cpus_for_main_process=cpus_for_driver,
         storage=storage,
         name=name or "rl",

@@ -43,7 +43,6 @@ from training.rl_config import (
     EPISODE_RETURNS_KEY,
     RLOptions,
     build_dqn_config,
-    env_config_of,
     options_from_dict,
     save_options,
 )
@@ -101,9 +100,6 @@ class RLSearch:
     """Seeds per configuration (> 1 needs --scheduler fifo)."""
     eval_episodes: int = 10
     """Greedy evaluation episodes after every iteration."""
-    eval_split: str | None = "val"
-    """Patients the greedy evaluation draws from, for envs with a `split` argument (SepsisEnv):
-    validation patients by default, so trials are not compared on the patients they train on."""
     checkpoint_every: int = 1
     """Iterations between trial checkpoints (the last iteration always checkpoints)."""
     cpus_for_main_process: float = 0.5
@@ -192,21 +188,6 @@ def placed(config: Any, cpus_for_main_process: float) -> Any:
     )
 
 
-def evaluated_on(config: Any, options: RLOptions, split: str | None) -> Any:
-    """The algorithm config with its greedy evaluation on the patients of `split`.
-
-    Trials train on the training patients (the builder's default) and are compared on other
-    patients: choosing hyper-parameters on the training patients would reward fitting them.
-    Envs without a `split` argument (CartPole, toy envs) are evaluated as the builder set up.
-    """
-    kwargs = env_config_of(options)["env_kwargs"]
-    if split is None or "split" not in kwargs:
-        return config
-    overrides = dict(config.evaluation_config or {})
-    overrides.update(explore=False, env_config={"env_kwargs": {**kwargs, "split": split}})
-    return config.evaluation(evaluation_config=overrides)
-
-
 def trial_resources(search: RLSearch) -> Any:
     """The placement group one trial needs, as RLlib computes it for the trial's config."""
     config = placed(build_dqn_config(search.base), search.cpus_for_main_process)
@@ -241,8 +222,7 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
 
     options = trial_options(config)
     settings = config["trial"]
-    algo_config = placed(build_dqn_config(options), settings["cpus_for_main_process"])
-    algo = evaluated_on(algo_config, options, settings.get("eval_split")).build_algo()
+    algo = placed(build_dqn_config(options), settings["cpus_for_main_process"]).build_algo()
     try:
         start = 0
         if checkpoint is not None:
@@ -340,7 +320,6 @@ def search_record(search: RLSearch) -> dict[str, Any]:
         "seed": search.seed,
         "base_options": search.base.to_dict(),
         "eval_episodes": search.eval_episodes,
-        "eval_split": search.eval_split,
     }
 
 
@@ -352,7 +331,6 @@ def _fixed_config(search: RLSearch) -> dict[str, Any]:
         "trial": {
             "iterations": search.iterations_per_trial,
             "eval_episodes": search.eval_episodes,
-            "eval_split": search.eval_split,
             "checkpoint_every": search.checkpoint_every,
             "cpus_for_main_process": search.cpus_for_main_process,
         },
