@@ -60,9 +60,10 @@ def run_cmd(
                 bar.update(task, description=text, completed=done, total=total)
 
             def notify(text: str) -> None:
+                nonlocal task
                 bar.console.print(text, highlight=False, markup=False)
-                stage = text.split("]")[0].lstrip("[")
-                bar.update(task, description=stage, completed=0, total=None)
+                bar.remove_task(task)  # a fresh bar per stage: no stale counts
+                task = bar.add_task(text.split("]")[0].lstrip("["), total=None)
 
             result = run_study(out, options, data, notify=notify, progress=progress)
     except DataFormatError as err:
