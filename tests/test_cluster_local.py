@@ -273,8 +273,8 @@ def test_training_survives_losing_a_second_node(
         assert status == "SUCCEEDED", logs[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["env_steps"] >= 5000
-        metrics = (out / "metrics.csv").read_text()
-        assert metrics
+        healthy = [int(row.split(",")[-1]) for row in (out / "metrics.csv").read_text().split()[1:]]
+        assert healthy[0] == 2 and 1 in healthy  # the runner on node 2 was lost, training went on
     finally:
         second.kill()
 
