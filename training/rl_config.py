@@ -136,8 +136,9 @@ class RLOptions:
 
     # Budget and bookkeeping (used by the training loop, not by RLlib)
     episodes: int | None = 3600
-    """Stop after this many training episodes (the original study trained 2,000; with 2,000 the
-    policy beat the protocol on return but not on survival, with about 3,600 on both)."""
+    """Stop after this many training episodes (the original study trained 2,000). On 2 busy cores:
+    2,000 beat the protocol on return only; of two 3,600-episode runs one beat it on both return
+    and survival, the other on neither (see the issue-5 report): not yet reliable."""
     env_steps: int | None = None
     """Stop after this many sampled env steps."""
     time_budget_s: float | None = 840.0
