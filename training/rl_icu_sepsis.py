@@ -218,7 +218,7 @@ def plot_exact_learning_curve(
     ax.set_xlabel("environment steps")
     ax.set_ylabel("expected return = P(survival)")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
