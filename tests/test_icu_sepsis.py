@@ -205,6 +205,7 @@ TINY_ICU = {
 }
 
 
+@needs_package
 def test_only_icu_sepsis_runs_get_the_exact_evaluator() -> None:
     from training.rl_config import RLOptions, build_dqn_config
 
