@@ -152,7 +152,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
         "--folds",
         "3",
         "--num-samples",
-        "2",
+        "6",
         "--repeats",
         "2",
         "--scheduler",
@@ -194,13 +194,13 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
     result = _ok(_run(*args, "--resume", cwd=tmp_path))
     state = json.loads((folder / "trials.json").read_text())
     assert state["finished"] is True
-    assert len(state["trials"]) == 4
+    assert len(state["trials"]) == 12
     assert {t["status"] for t in state["trials"]} == {"TERMINATED"}
     for name, rows in finished_before.items():
         assert len(_result_rows(folder / name)) == rows, f"{name} was run again"
     for trial in folder.glob("trial_*"):
         assert [r["training_iteration"] for r in _result_rows(trial)] == [1, 2, 3]
-    # Two configurations x two seeds: the analysis shows the spread across seeds.
+    # Six configurations x two seeds: the analysis shows the spread across seeds.
     assert (folder / "analysis" / "seed_spread.png").stat().st_size > 0
     assert "Spread across seeds" in result.stdout
 
