@@ -124,7 +124,7 @@ def test_ctrl_c_stops_ray_cleanly_and_the_rerun_continues(tmp_path):
     import time
 
     out = tmp_path / "out"
-    config = {**TINY, "rl": {**TINY["rl"], "time_budget_s": None, "env_steps": 5000,
+    config = {**TINY, "rl": {**TINY["rl"], "time_budget_s": None, "env_steps": 30000,
                              "checkpoint_every": 1}}  # fmt: skip
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))

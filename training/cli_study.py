@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +47,7 @@ def run_cmd(
     from training.study import load_study_options, run_study
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         options = load_study_options(config, quick, seed)
     except ValueError as err:
@@ -91,6 +93,14 @@ def run_cmd(
     console.print(f"report: {result.report_html}  (and {result.report_md.name})")
     for name in ("prepared", "classify", "rl", "evaluation"):
         console.print(f"  {name + '/':<12} {out / name}")
+
+
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C: remember it (the training loop checks) and interrupt whatever runs now."""
+    from training.study import INTERRUPTED
+
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:

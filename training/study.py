@@ -17,6 +17,7 @@ an interrupted DQN run resumes from its last checkpoint with its replay buffer.
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,6 +28,10 @@ import yaml
 from training.stages import Stage, files_fingerprint, fingerprint
 
 STUDY_VERSION = 1  # bump when a stage's meaning changes, so old outputs are not reused
+INTERRUPTED = threading.Event()
+"""Set by the command line's SIGINT handler. Ctrl-C also reaches Ray's worker processes, and
+RLlib's fault tolerance can absorb the resulting KeyboardInterrupt inside `algo.train()`; the
+training loop checks this flag after every iteration so that Ctrl-C always stops the run."""
 
 
 @dataclass
@@ -276,6 +281,8 @@ def _train(stage: Stage, rl_options, notify: Notify) -> None:
         notify("[rl] resuming the interrupted run from its last checkpoint and replay buffer")
 
     def on_iteration(m) -> None:
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
         notify(
             f"[rl] iteration {m.iteration}: {m.env_steps:,} env steps, {m.episodes:,} episodes, "
             f"return {m.episode_return_mean:.2f}"
