@@ -87,9 +87,10 @@ def test_classifier_search_analyse_and_classify_from_the_best_config(
     folder = tmp_path / "tune" / "classifiers"
     trials = sorted(p for p in folder.glob("trial_*") if p.is_dir())
     assert len(trials) == 3
-    first = min(trials, key=lambda t: _result_rows(t)[0]["timestamp"])
-    params = json.loads((first / "params.json").read_text())
-    assert (params["model"], params["oversample"]) == ("logreg", "none")  # the default, first
+    # The untuned default is always among the trials (Optuna evaluates it first; with two trials
+    # running at once, which one reports first is a race, so only membership is checked).
+    tried = [json.loads((t / "params.json").read_text()) for t in trials]
+    assert ("logreg", "none") in {(p["model"], p["oversample"]) for p in tried}
     for trial in trials:
         rows = _result_rows(trial)
         assert [r["training_iteration"] for r in rows] == list(range(1, len(rows) + 1))

@@ -311,7 +311,7 @@ def train(
             metrics = metrics_of(result, options, last_eval)
             last_eval = metrics.eval_return_mean
             returns = result.get("env_runners", {}).get(EPISODE_RETURNS_KEY, [])
-            writer.write(metrics, [float(r) for r in _as_list(returns)])
+            writer.write(metrics, [float(r) for r in as_list(returns)])
             evaluated = "evaluation" in result and math.isfinite(metrics.eval_return_mean)
             if evaluated and metrics.eval_return_mean > best_eval:
                 best_eval = metrics.eval_return_mean
@@ -348,7 +348,8 @@ def train(
         algo.stop()
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A metric RLlib reports as None, a scalar, a sequence or a deque, as a list."""
     if value is None:
         return []
     if isinstance(value, list | tuple):

@@ -218,7 +218,7 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
     With `checkpoint` (a folder an earlier report got), training continues from it: weights,
     optimizer, counters and the replay buffer.
     """
-    from training.rl_train import metrics_of, restore_checkpoint, save_checkpoint
+    from training.rl_train import as_list, metrics_of, restore_checkpoint, save_checkpoint
 
     options = trial_options(config)
     settings = config["trial"]
@@ -237,7 +237,7 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
             metrics = metrics_of(result, options, last_eval)
             last_eval = metrics.eval_return_mean
             evaluation = result.get("evaluation", {}).get("env_runners", {})
-            returns = [float(r) for r in _as_list(evaluation.get(EPISODE_RETURNS_KEY))]
+            returns = [float(r) for r in as_list(evaluation.get(EPISODE_RETURNS_KEY))]
             mean, low, high = mean_interval(returns)
             row = {
                 METRIC: metrics.eval_return_mean if not returns else mean,
@@ -285,17 +285,6 @@ def _set_learning_rate(algo: Any, lr: float) -> None:
             learner._set_optimizer_lr(optimizer, lr)
 
     algo.learner_group.foreach_learner(apply)
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, list | tuple):
-        return list(value)
-    try:
-        return list(value)
-    except TypeError:
-        return [value]
 
 
 # -- the search ------------------------------------------------------------------------------------
