@@ -118,6 +118,20 @@ def train_cmd(
         console.print(f"best checkpoint: {result.best_checkpoint}")
 
 
+_TABLE_METRICS = ("return", "survival", "death", "discharge", "length")
+
+
+def _ci_table(title: str, by_policy: dict) -> Table:
+    """One row per policy and age group, each metric as estimate [95% CI]."""
+    table = Table(title=title)
+    for col in ("policy", "group", *_TABLE_METRICS):
+        table.add_column(col)
+    for name, groups in by_policy.items():
+        for group, m in groups.items():
+            table.add_row(name, group, *(_ci(m[k]) for k in _TABLE_METRICS))
+    return table
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -158,28 +172,14 @@ def evaluate_cmd(
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
     report = result["report"]
-    table = Table(title=f"{episodes} test episodes per policy (paired), 95% CI")
-    for col in ("policy", "group", "return", "survival", "death", "discharge", "length"):
-        table.add_column(col)
-    for name, groups in report["policies"].items():
-        for group, m in groups.items():
-            table.add_row(
-                name,
-                group,
-                *(_ci(m[k]) for k in ("return", "survival", "death", "discharge", "length")),
-            )
-    console.print(table)
-    diff = Table(title=f"difference to the {REFERENCE} (paired, 95% CI)")
-    for col in ("policy", "group", "return", "survival", "death", "discharge", "length"):
-        diff.add_column(col)
-    for name, groups in report["difference_to_protocol"].items():
-        for group, m in groups.items():
-            diff.add_row(
-                name,
-                group,
-                *(_ci(m[k]) for k in ("return", "survival", "death", "discharge", "length")),
-            )
-    console.print(diff)
+    console.print(
+        _ci_table(f"{episodes} test episodes per policy (paired), 95% CI", report["policies"])
+    )
+    console.print(
+        _ci_table(
+            f"difference to the {REFERENCE} (paired, 95% CI)", report["difference_to_protocol"]
+        )
+    )
     verdict = beats_protocol(report)
     console.print(
         f"{LEARNED} beats the {REFERENCE} (CI above zero): "
