@@ -183,7 +183,12 @@ def _read_history(path: Path) -> pd.DataFrame:
             row = json.loads(line)
             row.pop("config", None)
             rows.append(row)
-    return pd.DataFrame(rows)
+    history = pd.DataFrame(rows)
+    if "training_iteration" in history:
+        # A trial interrupted between writing a result and registering its checkpoint resumes from
+        # the earlier checkpoint and reports that iteration again: keep the latest report of each.
+        history = history.drop_duplicates("training_iteration", keep="last").reset_index(drop=True)
+    return history
 
 
 def _error_of(folder: Path) -> str | None:
