@@ -10,6 +10,10 @@ wrapped as `lambda obs, rng: int(net(obs).argmax())`.
 that seed, independently of the actions, so two policies evaluated with the same `seed` meet the
 same patients under the same random events (common random numbers), and their per-episode
 results can be compared pairwise (`paired_difference`).
+
+`evaluate_vector` runs the same episodes in the native vector env, all copies at once (copy i
+is reset with `seed + i`, exactly as `evaluate` resets episode i), so a network acts on a whole
+batch of observations per step; `per_row` adapts a per-observation policy to it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from sepsis_env.physiology import (
 )
 
 Policy = Callable[[np.ndarray, np.random.Generator], int]
+BatchPolicy = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""`policy(observations, episodes) -> actions`: the observations of several running episodes,
+shape (n, len(OBS_NAMES)), the indices of those episodes, shape (n,), and an action for each."""
 
 _ACTION_OF_FLAGS = {
     (int(o), int(v), int(p)): a
@@ -298,6 +305,53 @@ def evaluate(policy: Policy, env: gym.Env, episodes: int = 1000, seed: int = 0) 
         action_counts,
         seed,
     )
+
+
+def per_row(policy: Policy, episodes: int, seed: int = 0) -> BatchPolicy:
+    """A per-observation policy acting on the rows of a batch: row i uses the generator
+    `evaluate` gives episode i (seeded by `(seed, i)`), so `evaluate_vector` reproduces it."""
+    rngs = [np.random.default_rng([seed, i]) for i in range(episodes)]
+
+    def act(observations: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
+        return np.array(
+            [policy(o, rngs[i]) for o, i in zip(observations, episode_index, strict=True)],
+            dtype=np.int64,
+        )
+
+    return act
+
+
+def evaluate_vector(policy: BatchPolicy, env: gym.vector.VectorEnv, seed: int = 0) -> Evaluation:
+    """`evaluate` with one episode per copy of `env` (a `SepsisEnv-v0` vector env made with
+    `vectorization_mode="vector_entry_point"`), all copies stepped together: episode i starts
+    from `reset(seed=seed + i)`, so the results equal `evaluate(..., seed=seed)` with
+    `episodes=env.num_envs` for the same policy (a per-observation one through `per_row`)."""
+    n = env.num_envs
+    obs, info = env.reset(seed=seed)
+    returns = np.zeros(n)
+    lengths = np.zeros(n, dtype=np.int64)
+    outcome = np.zeros(n, dtype=np.int8)
+    action_counts = np.zeros((n, len(ACTION_NAMES)), dtype=np.int64)
+    age, start_map = obs[:, AGE].astype(float), obs[:, MAP].astype(float)
+    patient_index = np.asarray(info["patient_index"]).copy()
+    running = np.ones(n, dtype=bool)
+    actions = np.zeros(n, dtype=np.int64)  # ended copies autoreset; what they get is ignored
+    while running.any():
+        rows = np.flatnonzero(running)
+        actions[rows] = policy(obs[rows], rows)
+        obs, reward, terminated, truncated, info = env.step(actions)
+        returns[rows] += reward[rows]
+        lengths[rows] += 1
+        action_counts[rows, actions[rows]] += 1
+        ended = rows[(terminated | truncated)[rows]]
+        outcome[ended] = np.asarray(info["outcome"])[ended]
+        running[ended] = False
+    flags = np.array([OXYGEN_OF_ACTION, VENTILATION_OF_ACTION, VASOPRESSORS_OF_ACTION]).T
+    treatment_steps = action_counts @ flags.astype(np.int64)
+    return Evaluation(
+        returns, lengths, outcome, age, start_map, patient_index, treatment_steps,
+        action_counts, seed,
+    )  # fmt: skip
 
 
 def paired_difference(
