@@ -19,6 +19,7 @@ from training.cli import app
 from training.rl_config import RLOptions, env_config_of, evaluation_env_config_of, make_env
 
 SEPSIS_RL = Path(sys.executable).parent / "sepsis-rl"
+VALIDATION_EPISODES = 200
 PATIENT = {
     "HR": 112, "O2Sat": 90, "SBP": 88, "DBP": 50, "MAP": 62.7, "Resp": 26, "Temp": 38.6,
     "Lactate": 3.1, "Age": 71,
@@ -40,7 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
         min_sample_timesteps_per_iteration=500,
         num_steps_sampled_before_learning_starts=200,
         evaluation_interval=1,
-        evaluation_episodes=5,
+        evaluation_episodes=VALIDATION_EPISODES,
         training_intensity=2,
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -62,6 +63,33 @@ def test_default_env_is_sepsis_on_the_training_split() -> None:
     obs, _ = env.reset(seed=0)
     assert np.all(obs >= -1) and np.all(obs <= 1)
     assert env.unwrapped._cohort.split == "train"
+
+
+def test_best_checkpoint_is_chosen_on_fixed_paired_validation_episodes(checkpoint: Path) -> None:
+    """The evaluation return that picked `best` is the mean return of its greedy policy on the
+    same validation episodes, replayed here one by one, and its difference to the protocol is
+    paired on those episodes."""
+    import gymnasium as gym
+    import pandas as pd
+
+    from sepsis_env.policies import clinician_protocol, evaluate, paired_difference
+    from training.rl_eval import load_policy
+    from training.rl_validation import VALIDATION_SEED
+
+    run = checkpoint.parent.parent
+    summary = json.loads((run / "summary.json").read_text())
+    policy = load_policy(run / "checkpoints" / "best")
+    env = gym.make("SepsisEnv-v0", split="val")
+    greedy = evaluate(lambda obs, rng: policy(obs), env, VALIDATION_EPISODES, VALIDATION_SEED)
+    protocol = evaluate(clinician_protocol, env, VALIDATION_EPISODES, VALIDATION_SEED)
+    assert greedy.returns.mean() == pytest.approx(summary["best_eval_return"], abs=1e-9)
+    metrics = pd.read_csv(run / "metrics.csv").dropna(subset=["eval_return_minus_protocol"])
+    best = metrics.loc[metrics["eval_return_mean"].idxmax()]
+    assert best["eval_return_mean"] == pytest.approx(summary["best_eval_return"], abs=1e-9)
+    difference = paired_difference(greedy, protocol)[0]
+    assert best["eval_return_minus_protocol"] == pytest.approx(difference, abs=1e-9)
+    survival = paired_difference(greedy, protocol, "survival")[0]
+    assert best["eval_survival_minus_protocol"] == pytest.approx(survival, abs=1e-9)
 
 
 def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_path: Path) -> None:

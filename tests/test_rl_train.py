@@ -17,7 +17,12 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
+    PrioritizedEpisodeReplayBuffer,
+)
 
+from training.replay import PriorityFloorEpisodeReplayBuffer
 from training.rl_config import (
     BoxNormalization,
     RLOptions,
@@ -67,7 +72,9 @@ def test_config_is_dueling_double_q_with_prioritized_n_step_replay() -> None:
     config = build_dqn_config(RLOptions(env="CartPole-v1", n_step=3, rollout_fragment_length=16))
     assert config.dueling is True
     assert config.double_q is True
-    assert config.replay_buffer_config["type"] == "PrioritizedEpisodeReplayBuffer"
+    assert config.replay_buffer_config["type"] == "training.replay.PriorityFloorEpisodeReplayBuffer"
+    assert issubclass(PriorityFloorEpisodeReplayBuffer, PrioritizedEpisodeReplayBuffer)
+    assert config.replay_buffer_config["priority_epsilon"] == 0.01
     assert config.replay_buffer_config["alpha"] == 0.6
     assert config.replay_buffer_config["beta"] == 0.4
     assert config.n_step == 3
@@ -218,3 +225,44 @@ def test_killed_env_runner_is_replaced_and_training_continues(tmp_path: Path, lo
     new_pids = {int(p.name) for p in pid_dir.iterdir()} - {os.getpid(), *killed}
     assert len(new_pids) >= 2, "no replacement env runner created its env"
     assert healthy[-1] == 2
+
+
+def _episode(rewards: list[float]) -> SingleAgentEpisode:
+    steps = len(rewards)
+    return SingleAgentEpisode(
+        observations=[np.array([t], np.float32) for t in range(steps + 1)],
+        actions=[0] * steps,
+        rewards=rewards,
+        terminated=True,
+        len_lookback_buffer=0,
+        observation_space=gym.spaces.Box(0, 100, (1,)),
+        action_space=gym.spaces.Discrete(2),
+    )
+
+
+def _start_steps(buffer, n_step: int) -> set[int]:
+    sample = buffer.sample(num_items=500, n_step=n_step, gamma=1.0, beta=0.4)
+    return {int(e.get_observations(0)[0]) for e in sample}
+
+
+def test_replay_keeps_priorities_above_a_floor_so_learning_does_not_stall() -> None:
+    """A zero TD error must not shrink every importance weight (RLlib divides them by the
+    largest possible weight, set by the smallest priority in the buffer)."""
+    buffer = PriorityFloorEpisodeReplayBuffer(capacity=1000, alpha=0.6, priority_epsilon=0.01)
+    buffer.add([_episode([0.0] * 9 + [1.0]) for _ in range(20)])
+    buffer.sample(num_items=64, n_step=1, gamma=1.0, beta=0.4)
+    buffer.update_priorities(np.zeros(64))
+    sample = buffer.sample(num_items=256, n_step=1, gamma=1.0, beta=0.4)
+    weights = np.array([e.get_extra_model_outputs("weights")[0] for e in sample])
+    assert weights.mean() > 0.2  # RLlib's floor of 1e-12 gives ~0.002 here
+    with pytest.raises(ValueError, match="priority_epsilon"):
+        PriorityFloorEpisodeReplayBuffer(capacity=10, priority_epsilon=0.0)
+
+
+def test_rllib_skips_the_last_transitions_of_an_episode_with_n_step_returns() -> None:
+    """Why `n_step` defaults to 1: with n = 3 the two transitions that meet the terminal reward
+    directly are never replayed (if RLlib changes this, the default can be revisited)."""
+    buffer = PriorityFloorEpisodeReplayBuffer(capacity=100)
+    buffer.add([_episode([0.0] * 4 + [1.0])])
+    assert _start_steps(buffer, n_step=1) == {0, 1, 2, 3, 4}
+    assert _start_steps(buffer, n_step=3) == {0, 1, 2}

@@ -90,15 +90,23 @@ def train_cmd(
     )
     table_header = (
         f"{'iter':>5} {'env steps':>10} {'episodes':>9} {'steps/s':>8} "
-        f"{'return':>9} {'eval':>9} {'loss':>8} {'eps':>5} {'runners':>7}"
+        f"{'return':>9} {'eval':>9} {'vs prot':>8} {'surv vs':>8} {'loss':>8} {'eps':>5} "
+        f"{'runners':>7}"
     )
-    console.print(table_header, style="bold")
+    console.print(
+        "eval: mean return of the greedy policy on validation episodes; vs prot / surv vs: its "
+        "paired return and survival difference to the clinician protocol there (SepsisEnv)",
+        style="dim",
+    )
+    console.print(table_header, style="bold", soft_wrap=True)
 
     def show(m) -> None:
         console.print(
             f"{m.iteration:>5} {m.env_steps:>10} {m.episodes:>9} {_fmt(m.steps_per_s, 0):>8} "
             f"{_fmt(m.episode_return_mean):>9} {_fmt(m.eval_return_mean):>9} "
-            f"{_fmt(m.qf_loss, 3):>8} {m.epsilon:>5.2f} {m.healthy_env_runners:>7}"
+            f"{_fmt(m.eval_return_minus_protocol):>8} {_fmt(m.eval_survival_minus_protocol, 3):>8} "
+            f"{_fmt(m.qf_loss, 3):>8} {m.epsilon:>5.2f} {m.healthy_env_runners:>7}",
+            soft_wrap=True,  # one row per line also when the output is not a terminal
         )
 
     try:

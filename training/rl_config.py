@@ -22,6 +22,9 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
+REPLAY_BUFFER_TYPE = "training.replay.PriorityFloorEpisodeReplayBuffer"
+"""The replay buffer class of every run (imported by RLlib from this path)."""
+
 ENV_NAME = "sepsis_rl_env"
 """The name under which `make_env` is registered with Ray's registry."""
 
@@ -68,8 +71,10 @@ class RLOptions:
     """Adam learning rate."""
     gamma: float = 0.99
     """Discount factor."""
-    n_step: int = 3
-    """Length of the n-step returns used as TD targets."""
+    n_step: int = 1
+    """Length of the n-step returns used as TD targets. RLlib 2.60's episode replay buffer never
+    samples the last n-1 transitions of an episode, the ones that meet the outcome directly
+    (see `training.replay`), so 1 is the default."""
     train_batch_size: int = 128
     """Transitions per learner update, drawn from the replay buffer."""
     training_intensity: float | None = 16.0
@@ -98,6 +103,9 @@ class RLOptions:
     """How strongly priorities shape sampling (0: uniform)."""
     replay_beta: float = 0.4
     """Importance-sampling correction of prioritized sampling (1: full correction)."""
+    replay_priority_epsilon: float = 0.01
+    """Added to each |TD error| to make its priority (reward units), so no transition's priority
+    falls to ~0 and stalls learning (`training.replay.PriorityFloorEpisodeReplayBuffer`)."""
 
     # Sampling and resources
     num_env_runners: int = 1
@@ -126,10 +134,12 @@ class RLOptions:
     """Wait before restarting a failed env runner (RLlib's default is 60 s)."""
 
     # Evaluation during training (greedy, in the driver; picks the best checkpoint)
-    evaluation_interval: int = 5
+    evaluation_interval: int = 2
     """Evaluate the greedy policy every this many iterations (0: never)."""
-    evaluation_episodes: int = 50
-    """Episodes per evaluation during training."""
+    evaluation_episodes: int | None = None
+    """Episodes per evaluation during training (None: 2,000 for SepsisEnv, the same validation
+    episodes every time, run as one batch by `training.rl_validation`; 20 for other envs, which
+    RLlib samples one step at a time)."""
     evaluation_split: str | None = "val"
     """Patient split of the evaluation env when the env takes a `split` (never the test split:
     the best checkpoint would be chosen on the patients it is later judged on)."""
@@ -259,11 +269,16 @@ def _needs_sepsis_env(env_id: str) -> bool:
     return env_id.startswith("SepsisEnv")
 
 
+def is_sepsis_env(env_id: str) -> bool:
+    """Whether `env_id` is SepsisEnv (`SepsisEnv-v0` or `sepsis_env:SepsisEnv-v0`)."""
+    return env_id.split(":")[-1].startswith("SepsisEnv")
+
+
 def resolved_env_kwargs(options: RLOptions) -> dict[str, Any]:
     """The `gymnasium.make` keyword arguments the run trains with."""
     if options.env_kwargs is not None:
         return dict(options.env_kwargs)
-    if options.env.split(":")[-1].startswith("SepsisEnv"):
+    if is_sepsis_env(options.env):
         return dict(SEPSIS_TRAIN_KWARGS)
     return {}
 
@@ -303,11 +318,13 @@ def register_env() -> None:
     ray_register_env(ENV_NAME, make_env)
 
 
-def _exact_evaluation(options: RLOptions):
-    """Envs with known dynamics (ICU-Sepsis) are evaluated exactly instead of by episodes."""
+def _custom_evaluation(options: RLOptions):
+    """ICU-Sepsis (known dynamics) is evaluated exactly, SepsisEnv by paired validation episodes
+    in its vector env; other envs by RLlib's sampled episodes (None)."""
     from training.rl_icu_sepsis import custom_evaluation_for
+    from training.rl_validation import validation_function_for
 
-    return custom_evaluation_for(options)
+    return custom_evaluation_for(options) or validation_function_for(options)
 
 
 def evaluation_env_config_of(options: RLOptions) -> dict[str, Any]:
@@ -316,6 +333,19 @@ def evaluation_env_config_of(options: RLOptions) -> dict[str, Any]:
     if options.evaluation_split is not None and "split" in config["env_kwargs"]:
         config["env_kwargs"]["split"] = options.evaluation_split
     return config
+
+
+SEPSIS_EVALUATION_EPISODES = 2000
+"""Default validation episodes per evaluation for SepsisEnv (batched, well under a second)."""
+SAMPLED_EVALUATION_EPISODES = 20
+"""Default episodes per evaluation for other envs (sampled by RLlib)."""
+
+
+def evaluation_episodes_of(options: RLOptions) -> int:
+    """The episodes per evaluation during training, defaults resolved."""
+    if options.evaluation_episodes is not None:
+        return options.evaluation_episodes
+    return SEPSIS_EVALUATION_EPISODES if is_sepsis_env(options.env) else SAMPLED_EVALUATION_EPISODES
 
 
 def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray is heavy)
@@ -360,21 +390,24 @@ def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray
                 (options.epsilon_timesteps, options.epsilon_end),
             ],
             replay_buffer_config={
-                "type": "PrioritizedEpisodeReplayBuffer",
+                # RLlib's PrioritizedEpisodeReplayBuffer with a priority floor; RLlib wants the
+                # type as a string (it checks for "EpisodeReplayBuffer" in it).
+                "type": REPLAY_BUFFER_TYPE,
                 "capacity": options.replay_capacity,
                 "alpha": options.replay_alpha,
                 "beta": options.replay_beta,
+                "priority_epsilon": options.replay_priority_epsilon,
             },
         )
         .evaluation(
             evaluation_interval=options.evaluation_interval or None,
-            evaluation_duration=options.evaluation_episodes,
+            evaluation_duration=evaluation_episodes_of(options),
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
             evaluation_config=DQNConfig.overrides(
                 explore=False, env_config=evaluation_env_config_of(options)
             ),
-            custom_evaluation_function=_exact_evaluation(options),
+            custom_evaluation_function=_custom_evaluation(options),
         )
         .callbacks(on_episode_end=log_episode_return)
         .reporting(min_sample_timesteps_per_iteration=options.min_sample_timesteps_per_iteration)

@@ -92,12 +92,10 @@ def exact_evaluation_function(
     """RLlib `custom_evaluation_function` valuing the current greedy policy exactly."""
 
     def evaluate(algorithm, eval_workers) -> tuple[dict[str, Any], int, int]:
-        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
-        from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+        from training.rl_validation import evaluation_module, report_evaluation, results_of
 
         evaluator = exact_evaluator(env_settings(options).inadmissible_action_strategy)
-        runner = getattr(eval_workers, "local_env_runner", None) if eval_workers else None
-        module = runner.module if runner is not None else algorithm.get_module()
+        module = evaluation_module(algorithm, eval_workers)
         was_training = module.training
         module.eval()
         try:
@@ -109,13 +107,8 @@ def exact_evaluation_function(
             EXACT_VALUE_KEY: report.value,
             GAP_CLOSED_KEY: report.gap_closed,
         }
-        # RLlib reads evaluation results back from its metrics as merged env-runner results,
-        # so they are reduced in a logger of their own and merged like an env runner's.
-        logger = MetricsLogger()
-        for key, value in results.items():
-            logger.log_value(key, value, reduce="mean", window=1)
-        algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
-        return {ENV_RUNNER_RESULTS: results}, 0, 0
+        report_evaluation(algorithm, results)
+        return results_of(results), 0, 0
 
     return evaluate
 

@@ -37,6 +37,7 @@ from training.rl_config import (
     load_options,
     save_options,
 )
+from training.rl_validation import RETURN_VS_PROTOCOL_KEY, SURVIVAL_VS_PROTOCOL_KEY
 
 OPTIONS_FILE = "options.yaml"
 """Options of the run, copied into every checkpoint so a checkpoint alone can be served."""
@@ -53,6 +54,8 @@ METRIC_FIELDS = [
     "episode_return_mean",
     "episode_len_mean",
     "eval_return_mean",
+    "eval_return_minus_protocol",
+    "eval_survival_minus_protocol",
     "qf_loss",
     "epsilon",
     "updates",
@@ -72,6 +75,8 @@ class IterationMetrics:
     episode_return_mean: float
     episode_len_mean: float
     eval_return_mean: float
+    eval_return_minus_protocol: float  # SepsisEnv: paired, on the validation episodes
+    eval_survival_minus_protocol: float
     qf_loss: float
     epsilon: float
     updates: int
@@ -150,6 +155,8 @@ def metrics_of(result: dict[str, Any], options: RLOptions, last_eval: float) -> 
         episode_return_mean=_float(runners.get("episode_return_mean")),
         episode_len_mean=_float(runners.get("episode_len_mean")),
         eval_return_mean=_float(eval_return),
+        eval_return_minus_protocol=_float(evaluation.get(RETURN_VS_PROTOCOL_KEY)),
+        eval_survival_minus_protocol=_float(evaluation.get(SURVIVAL_VS_PROTOCOL_KEY)),
         qf_loss=_float(learner.get("qf_loss")),
         epsilon=epsilon_at(options, env_steps),
         updates=int(learner.get("num_module_steps_trained_lifetime", 0) or 0)
