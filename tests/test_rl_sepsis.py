@@ -178,3 +178,11 @@ def test_recommend_rejects_a_file_that_is_not_json(checkpoint: Path, tmp_path: P
     )
     assert result.exit_code == 2
     assert "not valid JSON at line 2" in " ".join(result.output.split())
+
+
+def test_metrics_record_the_learning_rate(checkpoint: Path) -> None:
+    import pandas as pd
+
+    metrics = pd.read_csv(checkpoint.parent.parent / "metrics.csv")
+    learning = metrics.dropna(subset=["learning_rate"])
+    assert len(learning) and (learning["learning_rate"] == RLOptions().lr).all()

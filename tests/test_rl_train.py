@@ -83,6 +83,8 @@ def test_config_is_dueling_double_q_with_prioritized_n_step_replay() -> None:
     assert config.enable_rl_module_and_learner and config.enable_env_runner_and_connector_v2
     assert config.model_config["fcnet_hiddens"] == [128, 128]
     assert config.epsilon == [(0, 1.0), (10_000, 0.02)]
+    schedule = [[0, 1e-3], [100_000, 1e-4]]
+    assert build_dqn_config(RLOptions(env="CartPole-v1", lr=schedule)).lr == schedule
 
 
 def test_options_come_from_yaml_or_json_with_overrides(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ METRIC_FIELDS = [
     "eval_return_minus_protocol",
     "eval_survival_minus_protocol",
     "qf_loss",
+    "learning_rate",
     "epsilon",
     "updates",
     "healthy_env_runners",
@@ -78,6 +79,7 @@ class IterationMetrics:
     eval_return_minus_protocol: float  # SepsisEnv: paired, on the validation episodes
     eval_survival_minus_protocol: float
     qf_loss: float
+    learning_rate: float
     epsilon: float
     updates: int
     healthy_env_runners: int
@@ -158,6 +160,7 @@ def metrics_of(result: dict[str, Any], options: RLOptions, last_eval: float) -> 
         eval_return_minus_protocol=_float(evaluation.get(RETURN_VS_PROTOCOL_KEY)),
         eval_survival_minus_protocol=_float(evaluation.get(SURVIVAL_VS_PROTOCOL_KEY)),
         qf_loss=_float(learner.get("qf_loss")),
+        learning_rate=_float(learner.get("default_optimizer_learning_rate")),
         epsilon=epsilon_at(options, env_steps),
         updates=int(learner.get("num_module_steps_trained_lifetime", 0) or 0)
         // max(1, options.train_batch_size),

@@ -229,7 +229,8 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
             restore_checkpoint(algo, Path(checkpoint) / ALGO_SUBDIR)
             start = json.loads((Path(checkpoint) / TRIAL_STATE_FILE).read_text())["iteration"]
             # The optimizer state carries the checkpoint's learning rate; PBT may have changed it.
-            _set_learning_rate(algo, options.lr)
+            if isinstance(options.lr, int | float):
+                _set_learning_rate(algo, float(options.lr))
         last_eval = float("nan")
         total = int(settings["iterations"])
         for iteration in range(start + 1, total + 1):
