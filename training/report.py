@@ -334,13 +334,14 @@ def _training(out: Path, summary: dict | None) -> Section:
     if summary:
         blocks.append(
             Paragraph(
-                f"Dueling Double DQN with prioritized n-step replay on Ray RLlib: "
+                f"Dueling Double DQN with prioritized replay on Ray RLlib: "
                 f"{summary['episodes']:,} training episodes, {summary['env_steps']:,} environment "
                 f"steps in {summary['elapsed_s'] / 60:.1f} min (stopped by: "
                 f"{summary['stop_reason']})."
                 + (
-                    f" Best greedy evaluation return during training: "
-                    f"{summary['best_eval_return']:.2f}."
+                    f" Best greedy return on the fixed validation episodes during training: "
+                    f"{summary['best_eval_return']:.2f}; that checkpoint is the one evaluated "
+                    "on the test patients below."
                     if math.isfinite(summary["best_eval_return"])
                     else " (No greedy evaluation during training; the last checkpoint was used.)"
                 )
