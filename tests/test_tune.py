@@ -180,6 +180,33 @@ def test_sepsis_trials_are_compared_on_validation_patients() -> None:
     assert config.evaluation_interval == 1 and config.evaluation_duration == 7
 
 
+def test_a_sepsis_trial_is_scored_on_the_batched_validation_episodes() -> None:
+    """A real one-iteration trial: its score is the greedy mean return on 300 validation
+    episodes, with an interval over those episodes."""
+    import ray
+
+    from tuning.rl_search import METRIC, run_trial
+
+    base = RLOptions(
+        env="SepsisEnv-v0",
+        num_env_runners=0,
+        min_sample_timesteps_per_iteration=300,
+        num_steps_sampled_before_learning_starts=200,
+        training_intensity=2,
+    ).to_dict()
+    trial = {"iterations": 1, "eval_episodes": 300, "checkpoint_every": 1,
+             "cpus_for_main_process": 1}  # fmt: skip
+    rows: list[dict] = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_trial({"base": base, "trial": trial}, lambda row, _: rows.append(row))
+    finally:
+        ray.shutdown()
+    (row,) = rows
+    assert row["eval_episodes"] == 300
+    assert row[f"{METRIC}_ci_low"] < row[METRIC] < row[f"{METRIC}_ci_high"]
+
+
 def test_a_trial_asks_for_fractional_cpus_that_fit_two_cores() -> None:
     base = RLOptions(num_env_runners=1, num_cpus_per_env_runner=0.5)
     bundles = trial_resources(RLSearch(base=base, cpus_for_main_process=0.5)).bundles

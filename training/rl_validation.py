@@ -95,14 +95,14 @@ class ValidationEvaluation:
             greedy = evaluate_vector(lambda obs, _: policy.actions(obs), self._envs, seed)
         finally:
             module.train(was_training)
-        results = {
+        results: dict[str, Any] = {
             "episode_return_mean": float(np.mean(greedy.returns)),
             "episode_len_mean": float(np.mean(greedy.lengths)),
             SURVIVAL_KEY: float(np.mean(greedy.survived)),
             RETURN_VS_PROTOCOL_KEY: paired_difference(greedy, self._protocol, "return")[0],
             SURVIVAL_VS_PROTOCOL_KEY: paired_difference(greedy, self._protocol, "survival")[0],
         }
-        report_evaluation(algorithm, results)
+        report_evaluation(algorithm, results, episode_returns=greedy.returns.tolist())
         return results_of(results), int(greedy.lengths.sum()), len(greedy.returns)
 
 
@@ -113,16 +113,23 @@ def evaluation_module(algorithm, eval_workers):
     return runner.module if runner is not None else algorithm.get_module()
 
 
-def report_evaluation(algorithm, results: dict[str, float]) -> None:
+def report_evaluation(
+    algorithm, results: dict[str, float], episode_returns: list[float] | None = None
+) -> None:
     """Log a custom evaluation's results where RLlib reads evaluation results back: its metrics
     merge evaluation results as env-runner results, so they are reduced in a logger of their own
-    and merged like an env runner's."""
+    and merged like an env runner's. `episode_returns` go where the `on_episode_end` callback
+    puts sampled episodes' returns (`EPISODE_RETURNS_KEY`), for intervals over episodes."""
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
     from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    from training.rl_config import EPISODE_RETURNS_KEY
 
     logger = MetricsLogger()
     for key, value in results.items():
         logger.log_value(key, value, reduce="mean", window=1)
+    for value in episode_returns or []:
+        logger.log_value(EPISODE_RETURNS_KEY, value, reduce="item_series")
     algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
 
 

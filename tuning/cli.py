@@ -210,8 +210,12 @@ def tune_rl_cmd(
         int, typer.Option(help="Seeds per configuration (> 1 needs --scheduler fifo).")
     ] = 1,
     eval_episodes: Annotated[
-        int, typer.Option(help="Greedy evaluation episodes after each iteration.")
-    ] = 10,
+        int | None,
+        typer.Option(
+            help="Greedy evaluation episodes after each iteration [default: 2,000 fixed "
+            "validation episodes for SepsisEnv, run as one batch; 20 for other envs]."
+        ),
+    ] = None,
     eval_split: Annotated[
         str,
         typer.Option(help="Patients of the greedy evaluation (SepsisEnv split; 'none': as train)."),

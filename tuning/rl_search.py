@@ -98,8 +98,9 @@ class RLSearch:
     """PBT: iterations between exploit/explore steps."""
     repeats: int = 1
     """Seeds per configuration (> 1 needs --scheduler fifo)."""
-    eval_episodes: int = 10
-    """Greedy evaluation episodes after every iteration."""
+    eval_episodes: int | None = None
+    """Greedy evaluation episodes after every iteration (None: `RLOptions.evaluation_episodes`'s
+    default, 2,000 fixed validation episodes for SepsisEnv, 20 sampled ones otherwise)."""
     checkpoint_every: int = 1
     """Iterations between trial checkpoints (the last iteration always checkpoints)."""
     cpus_for_main_process: float = 0.5
@@ -118,7 +119,7 @@ class RLSearch:
         if self.scheduler not in ("asha", "pbt", "fifo"):
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose asha, pbt or fifo")
         for name in ("num_samples", "iterations_per_trial", "repeats", "eval_episodes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.repeats > 1 and self.scheduler != "fifo":
             raise ValueError(
@@ -174,7 +175,8 @@ def trial_options(config: dict[str, Any]) -> RLOptions:
     """`best_options` plus what a trial needs: a greedy evaluation after every iteration."""
     options = best_options(config)
     options.evaluation_interval = 1
-    options.evaluation_episodes = int(config["trial"]["eval_episodes"])
+    episodes = config["trial"]["eval_episodes"]
+    options.evaluation_episodes = None if episodes is None else int(episodes)
     return options
 
 
