@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"stopped: {result.stop_reason}; {result.env_steps} env steps, {result.iterations} "
-        f"iterations, {wall:.0f} s wall ({result.elapsed_s:.0f} s in the training loop)"
+        f"iterations, {wall:.0f} s wall ({result.elapsed_s:.0f} s in the training loop); "
+        f"load average at the end {os.getloadavg()[1]:.1f} (5 min) on {os.cpu_count()} CPUs"
     )
     if first_hit:
         print(
