@@ -273,9 +273,7 @@ def evaluate(policy: Policy, env: gym.Env, episodes: int = 1000, seed: int = 0) 
     age = np.zeros(episodes)
     start_map = np.zeros(episodes)
     patient_index = np.zeros(episodes, dtype=np.int64)
-    treatment_steps = np.zeros((episodes, 3), dtype=np.int64)
     action_counts = np.zeros((episodes, len(ACTION_NAMES)), dtype=np.int64)
-    flags = np.array([OXYGEN_OF_ACTION, VENTILATION_OF_ACTION, VASOPRESSORS_OF_ACTION]).T
     for i in range(episodes):
         obs, info = env.reset(seed=seed + i)
         rng = np.random.default_rng([seed, i])
@@ -293,7 +291,6 @@ def evaluate(policy: Policy, env: gym.Env, episodes: int = 1000, seed: int = 0) 
         returns[i] = total
         lengths[i] = steps
         outcome[i] = OUTCOMES.index(info["outcome"])
-    treatment_steps[:] = action_counts @ flags.astype(np.int64)
     return Evaluation(
         returns,
         lengths,
@@ -301,10 +298,21 @@ def evaluate(policy: Policy, env: gym.Env, episodes: int = 1000, seed: int = 0) 
         age,
         start_map,
         patient_index,
-        treatment_steps,
+        _treatment_steps(action_counts),
         action_counts,
         seed,
     )
+
+
+_TREATMENT_FLAGS = np.array(
+    [OXYGEN_OF_ACTION, VENTILATION_OF_ACTION, VASOPRESSORS_OF_ACTION], dtype=np.int64
+).T
+"""(8, 3): whether each action gives oxygen, ventilation, vasopressors."""
+
+
+def _treatment_steps(action_counts: np.ndarray) -> np.ndarray:
+    """(episodes, 3) steps with oxygen, ventilation, vasopressors, from (episodes, 8) counts."""
+    return action_counts @ _TREATMENT_FLAGS
 
 
 def per_row(policy: Policy, episodes: int, seed: int = 0) -> BatchPolicy:
@@ -346,10 +354,8 @@ def evaluate_vector(policy: BatchPolicy, env: gym.vector.VectorEnv, seed: int = 
         ended = rows[(terminated | truncated)[rows]]
         outcome[ended] = np.asarray(info["outcome"])[ended]
         running[ended] = False
-    flags = np.array([OXYGEN_OF_ACTION, VENTILATION_OF_ACTION, VASOPRESSORS_OF_ACTION]).T
-    treatment_steps = action_counts @ flags.astype(np.int64)
     return Evaluation(
-        returns, lengths, outcome, age, start_map, patient_index, treatment_steps,
+        returns, lengths, outcome, age, start_map, patient_index, _treatment_steps(action_counts),
         action_counts, seed,
     )  # fmt: skip
 

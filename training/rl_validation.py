@@ -65,14 +65,13 @@ class ValidationEvaluation:
     def _setup(self) -> None:
         import gymnasium as gym
 
+        import sepsis_env  # noqa: F401  registers SepsisEnv-v0 in this process
         from sepsis_env.policies import clinician_protocol, evaluate_vector, per_row
-        from training.rl_config import make_raw_env, resolve_env_id
 
         config = evaluation_env_config_of(self.options)
-        make_raw_env(config).close()  # registers SepsisEnv-v0 in this process if needed
         episodes = evaluation_episodes_of(self.options)
         self._envs = gym.make_vec(
-            resolve_env_id(config["env_id"]),
+            config["env_id"],
             num_envs=episodes,
             vectorization_mode="vector_entry_point",
             **config["env_kwargs"],
