@@ -78,6 +78,14 @@ def prepare_command(
     ] = 0.5,
     max_window_hours: Annotated[int, typer.Option(help="Longest feature window (h).")] = 24,
     seed: Annotated[int, typer.Option(help="Seeds the split and window placement.")] = 0,
+    env_ctgan_patients: Annotated[
+        int,
+        typer.Option(
+            help="Add this many CTGAN-generated patients to the environment cohort's training "
+            "split (never to validation or test)."
+        ),
+    ] = 0,
+    env_ctgan_epochs: Annotated[int, typer.Option(help="Epochs of that GAN.")] = 300,
 ) -> None:
     """Read, validate, split, clean and build features; write tables and a report to --out."""
     from data_prep.reader import DataFormatError
@@ -89,6 +97,8 @@ def prepare_command(
         max_window_hours=max_window_hours,
         seed=seed,
         skip_bad=skip_bad,
+        env_ctgan_patients=env_ctgan_patients,
+        env_ctgan_epochs=env_ctgan_epochs,
     )
     try:
         with progress_bar() as bar:

@@ -177,15 +177,7 @@ class CTGANOverSampler(BaseOverSampler):
             )
         X = np.asarray(X, dtype=float)
         rng = check_random_state(self.random_state)
-        self.feature_names_ = self._resolve_feature_names(X.shape[1])
-        self.discrete_columns_ = self._resolve_discrete_columns(X)
-        self.integer_columns_ = [
-            name for j, name in enumerate(self.feature_names_) if _is_integer_valued(X[:, j])
-        ]
-        self.lower_bounds_, self.upper_bounds_ = self._clipping_bounds(X)
-        self.ctgans_: dict[Any, Any] = {}
-        self.constant_columns_: dict[Any, dict[str, float]] = {}
-        self.class_levels_: dict[Any, dict[str, np.ndarray]] = {}
+        self._learn_columns(X)
 
         X_parts, y_parts = [X], [y]
         for class_label, n_samples in self.sampling_strategy_.items():
@@ -204,6 +196,33 @@ class CTGANOverSampler(BaseOverSampler):
             y_parts.append(np.full(n_samples, class_label, dtype=y.dtype))
         self.n_generated_ = sum(len(part) for part in y_parts[1:])
         return np.vstack(X_parts), np.concatenate(y_parts)
+
+    def fit_generator(self, X: pd.DataFrame, class_label: Any = 1) -> CTGANOverSampler:
+        """Train the GAN on every row of `X` as one class, without resampling: for generating
+        whole new rows of a table that has no class to balance (e.g. the environment cohort's
+        septic patients). Rows then come from `generate`, with the same clipping and rounding."""
+        if self.batch_size % 10:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of 10")
+        if len(X) < 2:
+            raise ValueError(f"{len(X)} row(s); CTGAN needs at least 2 rows to learn from")
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        values = X.to_numpy(dtype=float)
+        self._learn_columns(values)
+        rng = check_random_state(self.random_state)
+        self._fit_class(class_label, values, seed=int(rng.randint(_SEED_UPPER)))
+        return self
+
+    def _learn_columns(self, X: np.ndarray) -> None:
+        """Column names, kinds and clipping bounds of the data the sampler was given."""
+        self.feature_names_ = self._resolve_feature_names(X.shape[1])
+        self.discrete_columns_ = self._resolve_discrete_columns(X)
+        self.integer_columns_ = [
+            name for j, name in enumerate(self.feature_names_) if _is_integer_valued(X[:, j])
+        ]
+        self.lower_bounds_, self.upper_bounds_ = self._clipping_bounds(X)
+        self.ctgans_: dict[Any, Any] = {}
+        self.constant_columns_: dict[Any, dict[str, float]] = {}
+        self.class_levels_: dict[Any, dict[str, np.ndarray]] = {}
 
     def _resolve_feature_names(self, n_features: int) -> list[str]:
         names = getattr(self, "feature_names_in_", None)

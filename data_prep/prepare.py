@@ -25,7 +25,7 @@ from data_prep.cleaning import (
     DEFAULT_MISSING_THRESHOLD,
     make_cleaning_pipeline,
 )
-from data_prep.env_cohort import build_env_cohort
+from data_prep.env_cohort import DEFAULT_CTGAN_EPOCHS, add_ctgan_patients, build_env_cohort
 from data_prep.features import (
     DEFAULT_MAX_WINDOW_H,
     ROW,
@@ -67,6 +67,10 @@ class PrepareOptions:
     """Seeds the split and the non-septic window placement."""
     skip_bad: bool = False
     """Leave malformed files out (listed in the report) instead of stopping."""
+    env_ctgan_patients: int = 0
+    """CTGAN-generated patients added to the environment cohort's training split (0: none)."""
+    env_ctgan_epochs: int = DEFAULT_CTGAN_EPOCHS
+    """Training epochs of that GAN."""
 
 
 def prepare(
@@ -117,7 +121,12 @@ def prepare(
     features, builder = _features(hourly, cleaned, windows, split, is_train)
     report["windows"] = _window_report(windows, features)
     env_cohort = build_env_cohort(hourly.drop(columns=[ROW]), split)
-    report["env_cohort"] = env_cohort.groupby("split").size().to_dict()
+    env_cohort = add_ctgan_patients(
+        env_cohort, options.env_ctgan_patients, options.env_ctgan_epochs, seed=options.seed
+    )
+    report["env_cohort"] = env_cohort[env_cohort["source"] == "real"].groupby("split").size()
+    report["env_cohort"] = report["env_cohort"].to_dict()
+    report["env_cohort_ctgan"] = int((env_cohort["source"] == "ctgan").sum())
     report["environment"] = {"python": platform.python_version(), "pandas": pd.__version__}
     report["seconds"] = round(time.perf_counter() - started, 2)
 
@@ -262,7 +271,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"- Median feature window: {windows['median_window_hours']['label_0']:g} h (non-septic), "
         f"{windows['median_window_hours']['label_1']:g} h (septic)",
         "- Environment cohort (adult septic patients at the start of the label window): "
-        + ", ".join(f"{k} {v}" for k, v in sorted(report["env_cohort"].items())),
+        + ", ".join(f"{k} {v}" for k, v in sorted(report["env_cohort"].items()))
+        + (
+            f"; plus {report['env_cohort_ctgan']:,} CTGAN-generated patients in train"
+            if report.get("env_cohort_ctgan")
+            else ""
+        ),
         "",
         "| split | patients (non-septic / septic) | with features (non-septic / septic) |",
         "|---|---|---|",

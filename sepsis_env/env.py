@@ -107,7 +107,12 @@ BUFFER_RECORDS = 128  # records drawn at a time: 128 x 12 uniforms (12 kB) per e
 
 # Admission ranges: cohort values are clipped to these physiologically survivable ranges.
 COHORT_VITALS: tuple[str, ...] = ph.COHORT_COLUMNS
-ADMISSION_LOW = np.array([18, 40, 70, 34, 50, 35, 20, 8, 0.5])  # COHORT_VITALS order
+# Survivable admission ranges, in COHORT_VITALS order: Age (years), HR (bpm), O2Sat (%), Temp
+# (degC), SBP, MAP, DBP (mmHg), Resp (/min), Lactate (mmol/L). A cohort row outside them (data
+# error, or a patient in arrest) is clipped, so that every episode starts from a patient who can
+# still be treated: e.g. MAP 35-115 mmHg (below 35 is circulatory arrest), SpO2 >= 70 %, lactate
+# 0.5-15 mmol/L (above 15 survival is anecdotal), age 18-100 (adults; PhysioNet codes 90+ as 100).
+ADMISSION_LOW = np.array([18, 40, 70, 34, 50, 35, 20, 8, 0.5])
 ADMISSION_HIGH = np.array([100, 180, 100, 41.5, 220, 115, 130, 45, 15])
 
 
@@ -273,7 +278,9 @@ class _Cohort:
         return state
 
 
-def _check_options(reward_mode: str, step_hours: float) -> None:
+def _check_options(reward_mode: str, step_hours: float, render_mode: str | None = None) -> None:
+    if render_mode is not None:
+        raise ValueError(f"render_mode={render_mode!r}: SepsisEnv does not render; leave it None")
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode={reward_mode!r}; choose one of {REWARD_MODES}")
     if not 0.0 < step_hours <= MAX_STEP_HOURS:
@@ -305,10 +312,11 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
     in `sepsis_env/physiology.py`.
 
     Under the default cohort, over 2,000 paired episodes (tests/test_env_outcomes.py), the
-    clinician protocol (`sepsis_env.policies.clinician_protocol`) has ~18 % mortality (5 %, 11 %
-    and 30 % in the three age groups; 28 % among patients starting with MAP < 65), no treatment
-    ~43 % (89 % in shock), treating everything always ~45 %, and an age-adaptive protocol ~13 %:
-    good care helps, over-treatment harms, and the best policy is not the obvious one.
+    clinician protocol (`sepsis_env.policies.clinician_protocol`) has ~19 % mortality (5-7 %,
+    10-13 % and 30 % in the three age groups; 32 % among patients starting with MAP < 65), no
+    treatment ~43 % (88 % in shock), treating everything always ~45 %, and an age-adaptive
+    protocol ~14 %: good care helps, over-treatment harms, and the best policy is not the obvious
+    one.
 
     ## Action Space
 
@@ -399,6 +407,9 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
        SpO2 >= 92, Resp <= 24, lactate < 2, infection controlled).
 
     Truncation: 30 steps (120 h at the default step), set by `max_episode_steps` at registration.
+    The limit counts steps, not hours: with `step_hours=1` an episode covers 30 h, too short for
+    most discharges, so pass `max_episode_steps=120` to `gymnasium.make` to keep the 120 h horizon.
+    Treatment costs are per step as well.
 
     `info["outcome"]` is "alive", "died" or "discharged"; `info` also carries the latent state
     (`infection`, `vasoplegia`, `lung`, `damage`, `lactate`), the step's `death_probability`
@@ -420,6 +431,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
     * `reward_mode`: "outcome" (default) or "guideline".
     * `step_hours`: hours per step, in (0, 8]; 4 by default.
     * `builtin_patients`, `builtin_seed`: size and seed of the built-in cohort.
+    * `render_mode`: accepted for Gymnasium compatibility; there is no rendering (None only).
 
     The vector version (`gym.make_vec("SepsisEnv-v0", num_envs=n,
     vectorization_mode="vector_entry_point")`) takes the same arguments and steps all patients with
@@ -444,7 +456,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         builtin_seed: int = 0,
         render_mode: str | None = None,
     ) -> None:
-        _check_options(reward_mode, step_hours)
+        _check_options(reward_mode, step_hours, render_mode)
         self.reward_mode = reward_mode
         self.step_hours = float(step_hours)
         self.render_mode = render_mode
@@ -458,6 +470,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         self._buffer_rng: np.random.Generator | None = None
         self._cursor = BUFFER_RECORDS
         self._patient_index = -1
+        self._patient_id = ""
 
     def _take(self) -> list[float]:
         """The next record of uniforms of this environment's stream."""
@@ -473,10 +486,11 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        table, _ = self._cohort.tables()
+        table, ids = self._cohort.tables()
         r = self._take()
         n = len(table)
         self._patient_index = min(int(r[ph.R_PATIENT] * n), n - 1)
+        self._patient_id = ids[self._patient_index]
         p = self.patient
         ph.admit(p, table[self._patient_index].tolist(), r, max, min)
         mean_ap, _, spo2, resp = ph.vitals(p, max, min)
@@ -532,6 +546,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         return {
             "outcome": outcome,
             "patient_index": self._patient_index,
+            "patient_id": self._patient_id,
             "infection": p.infection,
             "vasoplegia": p.vasoplegia,
             "lung": p.lung,
@@ -542,8 +557,8 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
 
     @property
     def patient_id(self) -> str:
-        """Cohort id of the current patient."""
-        return self._cohort.tables()[1][self._patient_index]
+        """Cohort id of the current patient (also `info["patient_id"]`)."""
+        return self._patient_id
 
 
 class SepsisVectorEnv(VectorEnv):
@@ -570,7 +585,7 @@ class SepsisVectorEnv(VectorEnv):
         builtin_seed: int = 0,
         render_mode: str | None = None,
     ) -> None:
-        _check_options(reward_mode, step_hours)
+        _check_options(reward_mode, step_hours, render_mode)
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.reward_mode = reward_mode

@@ -49,6 +49,41 @@ The vitals that drive these rates and the observation come from `vitals`: MAP = 
 30 L, with oxygen closing 80 % of the gap (at most 6 points) and ventilation 80 % x response of
 the rest; Resp = 14 + 25 L + 6 I + 1.5 (lactate - 1), mostly replaced by the ventilator's 16.
 Age response = max(1 - 0.006 (age - 18), 0.5); frailty = 1 + 0.03 (age - 18).
+
+The observation (`measure`) adds noise to these and derives the rest:
+
+* HR (bpm) = baseline HR + 20 I + 0.6 (65 - MAP)+ + 15 x vasopressors (baroreflex and
+  beta-adrenergic tachycardia);
+* Temp (degC) = 36.8 + fever x I, where fever = (Temp at admission - 36.8) / I at admission, so
+  the fever fades as the infection clears;
+* pulse pressure PP = (admission SBP - DBP, kept in 25-80 mmHg) x min(MAP / 65, 1): it narrows as
+  stroke volume falls in shock; SBP = MAP + 2 PP / 3, DBP = MAP - PP / 3, so MAP = DBP +
+  (SBP - DBP) / 3 exactly;
+* lactate is measured with a 6 % multiplicative error; the other noise widths are listed under
+  "Measurement noise".
+
+Admission (`admission_constants`, `admit`) turns a cohort row into a latent state, with uniforms
+u1..u4 in [0, 1):
+
+* I0 = min(0.3 + 0.55 u1 + 0.08 (lactate - 2)+ + 0.006 (75 - MAP)+, 1);
+* pre-septic MAP = clip(MAP + 32 I0 x (0.3 + 0.5 u2), 85, 115) mmHg, and vasoplegia0 = pre-septic
+  MAP - MAP, so the first true MAP is the cohort's MAP;
+* lung0 = min((98.5 - SpO2)+ / 30, 1) (the lung injury that explains the cohort's SpO2), lung
+  susceptibility = 1.2 u3^2;
+* damage0 = 0.12 (lactate - 1.5)+ + 0.6 u4; lactate0 = the cohort's lactate;
+* baseline HR = clip(HR - 20 I0, 50, 110) bpm.
+
+Lung injury is capped at 1 (complete shunt). Cohort values are first clipped to the admission
+ranges in `sepsis_env.env.ADMISSION_LOW`/`ADMISSION_HIGH`.
+
+Where the numbers come from: thresholds and targets are clinical definitions with their source
+beside them (Surviving Sepsis Campaign 2021, Sepsis-3, SEPSISPAM, BTS oxygen guideline, Vincent
+1998 for SOFA mortality). The rates, gains and admission spreads are not fitted to patient data
+(no public data set records these latent quantities); they are set by hand so that each effect has
+a clinically plausible size and time scale (the comment beside each constant) and so that the
+cohort-level outcomes are plausible: under the clinician protocol ~19 % mortality, rising with
+age, ~88 % mortality of untreated shock (tests/test_env_outcomes.py checks these). Conclusions
+drawn in this simulator are about this simulator.
 """
 
 from __future__ import annotations

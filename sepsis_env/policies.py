@@ -263,6 +263,10 @@ class Evaluation:
 def evaluate(policy: Policy, env: gym.Env, episodes: int = 1000, seed: int = 0) -> Evaluation:
     """Run `episodes` episodes of `policy` in `env` (episode i reset with `seed + i`).
 
+    Two evaluations share episodes when their seeds are less than `episodes` apart; for an
+    independent sample, keep the seeds at least `episodes` apart (the project evaluates test
+    patients from seed 0 and validation patients from `training.rl_validation.VALIDATION_SEED`).
+
     `env` should carry the time limit (make it with `gymnasium.make`). Returns per-episode
     arrays; use `Evaluation.summary()` for rates with 95 % CIs and `paired_difference` to compare
     two policies evaluated with the same seed.

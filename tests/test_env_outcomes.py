@@ -109,7 +109,8 @@ def test_evaluation_reports_overall_and_age_groups_with_intervals(results) -> No
 
 
 def test_paired_difference_needs_the_same_patients(env: gym.Env, results) -> None:
-    other = evaluate(clinician_protocol, env, EPISODES, SEED + 1)
+    # Episode i is reset with seed + i: a seed at least EPISODES away gives disjoint episodes.
+    other = evaluate(clinician_protocol, env, EPISODES, SEED + EPISODES)
     with pytest.raises(ValueError, match="same seed"):
         paired_difference(other, results["protocol"])
     est, low, high = paired_difference(results["protocol"], results["protocol"])

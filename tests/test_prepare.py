@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
 import joblib
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from data_prep.env_cohort import ENV_COLUMNS, builtin_env_cohort
+import sepsis_env  # noqa: F401
+from data_prep.env_cohort import ENV_COLUMNS, add_ctgan_patients, builtin_env_cohort
 from data_prep.features import feature_windows
 from data_prep.prepare import OUTPUT_FILES, PrepareOptions, prepare
 from data_prep.schema import LABEL, MEASUREMENTS, PATIENT
@@ -171,3 +173,36 @@ def test_splits_look_alike_to_a_classifier(prepared_dir):
     assert roc_auc_score(is_test, scores) == pytest.approx(0.5, abs=0.05)
     windows = features.groupby(["split", "label"])["HR__frac_obs"].mean()
     assert windows.xs(0, level="label").max() - windows.xs(0, level="label").min() < 0.02
+
+
+def test_ctgan_patients_join_the_environment_cohort_in_training_only():
+    real = builtin_env_cohort(n_patients=300, seed=0)
+    cohort = add_ctgan_patients(real, 40, epochs=1, seed=0)
+    generated = cohort[cohort["source"] == "ctgan"]
+    assert list(cohort.columns) == list(ENV_COLUMNS)
+    assert len(generated) == 40 and (generated["split"] == "train").all()
+    assert generated[PATIENT].str.startswith("ctgan-").all()
+    pd.testing.assert_frame_equal(cohort[cohort["source"] == "real"], real)
+    # Within the real training patients' range, sex a category, reproducible for a seed.
+    train = real[real["split"] == "train"]
+    for column in ("Age", "HR", "MAP", "Lactate"):
+        assert generated[column].between(train[column].min(), train[column].max()).all()
+    assert set(generated["Gender"]) <= {0, 1}
+    again = add_ctgan_patients(real, 40, epochs=1, seed=0)
+    pd.testing.assert_frame_equal(cohort, again)
+    # Evaluation splits never start from a generated patient.
+    env = gym.make("SepsisEnv-v0", cohort=cohort, split="test")
+    ids = {env.reset(seed=s)[1]["patient_id"] for s in range(300)}
+    assert not any(i.startswith("ctgan-") for i in ids)
+    train_env = gym.make("SepsisEnv-v0", cohort=cohort, split="train")
+    ids = {train_env.reset(seed=s)[1]["patient_id"] for s in range(300)}
+    assert any(i.startswith("ctgan-") for i in ids)
+
+
+def test_prepare_writes_ctgan_patients_when_asked(tmp_path, small_psv_dir):
+    options = PrepareOptions(env_ctgan_patients=25, env_ctgan_epochs=1)
+    report = prepare(small_psv_dir, tmp_path / "out", options)
+    cohort = pd.read_parquet(tmp_path / "out" / "env_cohort.parquet")
+    assert (cohort["source"] == "ctgan").sum() == report["env_cohort_ctgan"] == 25
+    assert sum(report["env_cohort"].values()) == (cohort["source"] == "real").sum()
+    assert "25 CTGAN-generated patients" in (tmp_path / "out" / "summary.md").read_text()
