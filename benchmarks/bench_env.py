@@ -11,7 +11,7 @@ that both see the same machine load. Per block the benchmark records wall-clock 
 this process: steps per CPU second (all blocks' steps over all blocks' CPU time) is the speed on
 one core even when other processes share the machine; the best and median wall-clock blocks show
 how much the load took away. Targets (issue 3): 40,000 steps/s single, 2,000,000 steps/s vector
-with 1,024 patients, on one core.
+with 1,024 patients, on one core (the process pins itself to one CPU).
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--vector-steps", type=int, default=32, help="steps per vector block")
     parser.add_argument("--num-envs", type=int, default=1024)
     args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):  # the targets are for one core: pin this process to one
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
     gym.make("SepsisEnv-v0").reset(seed=0)  # build the built-in cohort outside the timing
     single = measure({e: single_block(e, args.single_steps) for e in ENV_IDS}, args.blocks)
