@@ -1,5 +1,6 @@
 # The two Quickstart commands: `make run` (install + main job) and `make test` (install + tests).
-PYTHON ?= python3
+# Python 3.11 (pyproject requires it): python3.11 when the machine has it, else python3.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= results/quickstart

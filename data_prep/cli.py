@@ -46,10 +46,20 @@ def synth_command(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Override the reference prevalence (about 7%)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace training_setA/ and training_setB/ already in --out.")
+    ] = False,
 ) -> None:
     """Write a synthetic cohort as .psv files in exactly the PhysioNet 2019 format."""
     from data_prep.outputs import staged_directory
     from data_prep.synth import generate_cohort, write_psv_files
+
+    existing = [p.name for p in sorted(Path(out).glob("training_set*")) if any(p.iterdir())]
+    if existing and not force:
+        raise fail(
+            f"{out} already holds {', '.join(existing)} (real data, or an earlier cohort); "
+            "choose another --out, or pass --force to replace them"
+        )
 
     with console.status(f"generating {patients:,} stays"):
         table = generate_cohort(patients, seed=seed, septic_fraction=septic_fraction)
@@ -88,7 +98,11 @@ def prepare_command(
     env_ctgan_epochs: Annotated[int, typer.Option(help="Epochs of that GAN.")] = 300,
 ) -> None:
     """Read, validate, split, clean and build features; write tables and a report to --out."""
+    from data_prep.cleaning import OUTLIER_MODES
     from data_prep.reader import DataFormatError
+
+    if outliers not in OUTLIER_MODES:
+        raise fail(f"--outliers {outliers!r}: choose one of {', '.join(OUTLIER_MODES)}")
 
     options = PrepareOptions(
         missing_threshold=missing_threshold,
@@ -107,7 +121,10 @@ def prepare_command(
                 input, out, options, progress=lambda d, t: bar.update(task, completed=d, total=t)
             )
     except DataFormatError as err:
-        hint = "" if skip_bad else " (fix the file, or pass --skip-bad to leave bad files out)"
+        # --skip-bad can leave out one bad file (or patient), not fix an empty or unreadable input.
+        per_file = err.line is not None or err.path.lower().endswith(".psv")
+        per_file = per_file and not skip_bad and not err.message.startswith("empty input")
+        hint = " (fix the file, or pass --skip-bad to leave bad files out)" if per_file else ""
         raise fail(f"{err}{hint}") from None
     except (FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
@@ -124,8 +141,13 @@ def prepare_command(
 @data_app.command("download")
 def download_command(
     out: Annotated[Path, typer.Option(help="Cache folder for training_setA/ and training_setB/.")],
-    base_url: Annotated[str, typer.Option(help="Where the release's training/ folder is.")] = "",
-    sets: Annotated[str, typer.Option(help="Sets to fetch, e.g. AB or A.")] = "AB",
+    base_url: Annotated[
+        str,
+        typer.Option(
+            help="Where the release's training/ folder is [default: the PhysioNet release]."
+        ),
+    ] = "",
+    sets: Annotated[str, typer.Option(help="Sets to fetch: AB, A or B (A,B also works).")] = "AB",
     limit: Annotated[
         int | None, typer.Option(help="Only the first N files of each set (for a trial run).")
     ] = None,
@@ -134,7 +156,10 @@ def download_command(
     """Fetch the public PhysioNet 2019 training files; resumable, skips files already there."""
     from data_prep.download import PHYSIONET_BASE_URL, download, release_files
 
-    files = release_files(tuple(sets), limit)
+    try:
+        files = release_files(tuple(c for c in sets if c not in ", "), limit)
+    except ValueError as err:
+        raise fail(str(err)) from None
     with progress_bar() as bar:
         task = bar.add_task("downloading", total=len(files))
         result = download(

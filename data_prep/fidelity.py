@@ -23,7 +23,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
 DETECTABILITY_FOLDS = 5
-MIN_ROWS_PER_SIDE = 2 * DETECTABILITY_FOLDS
+MIN_ROWS_PER_SIDE = 20
+"""Fewer held-out rows than this and the fidelity figures are noise: the report is skipped."""
+DETECTABILITY_BOOTSTRAP = 1000
 
 
 @dataclass
@@ -38,6 +40,7 @@ class SampleComparison:
     corr_mean_abs_diff: float
     corr_max_abs_diff: float
     detectability_auroc: float
+    detectability_ci: tuple[float, float]
     ks_per_feature: dict[str, float] = field(repr=False)
 
 
@@ -69,10 +72,13 @@ def correlation_difference(held_out: pd.DataFrame, other: pd.DataFrame) -> tuple
 
 def detectability_auroc(
     held_out: pd.DataFrame, other: pd.DataFrame, *, random_state: int = 0
-) -> float:
-    """Out-of-fold AUROC of a classifier separating `other` rows from `held_out` rows.
+) -> tuple[float, tuple[float, float]]:
+    """Out-of-fold AUROC of a classifier separating `other` rows from `held_out` rows, and its
+    95 % bootstrap interval (over the out-of-fold predictions).
 
-    Both sides are subsampled to the same size so that 0.5 means chance whatever their sizes.
+    Both sides are subsampled to the same size so that 0.5 means chance whatever their sizes. The
+    classifier's smallest leaf shrinks with the sample (at most 20 rows, at least 2), so that a
+    few dozen rows can still be split and a real difference shows.
     """
     n = min(len(held_out), len(other))
     if n < MIN_ROWS_PER_SIDE:
@@ -85,13 +91,23 @@ def detectability_auroc(
     b = other[held_out.columns].to_numpy(dtype=float)[rng.choice(len(other), n, replace=False)]
     X = np.vstack([a, b])
     y = np.r_[np.zeros(n), np.ones(n)]
-    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=random_state)
+    clf = HistGradientBoostingClassifier(
+        max_iter=200,
+        learning_rate=0.1,
+        min_samples_leaf=max(2, min(20, n // 5)),
+        random_state=random_state,
+    )
     folds = StratifiedKFold(DETECTABILITY_FOLDS, shuffle=True, random_state=random_state)
     # One OpenMP thread: on a few hundred rows, thread synchronisation costs more than it saves,
     # and on a busy machine each barrier waits for a descheduled thread.
     with threadpool_limits(limits=1, user_api="openmp"):
         scores = cross_val_predict(clf, X, y, cv=folds, method="predict_proba")[:, 1]
-    return float(roc_auc_score(y, scores))
+    boot = []
+    for _ in range(DETECTABILITY_BOOTSTRAP):
+        rows = np.r_[rng.integers(0, n, n), n + rng.integers(0, n, n)]  # both sides resampled
+        boot.append(roc_auc_score(y[rows], scores[rows]))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(roc_auc_score(y, scores)), (float(low), float(high))
 
 
 def compare_sample(
@@ -105,6 +121,7 @@ def compare_sample(
         )
     ks = ks_per_feature(held_out, other)
     corr_mean, corr_max = correlation_difference(held_out, other)
+    auroc, auroc_ci = detectability_auroc(held_out, other, random_state=random_state)
     return SampleComparison(
         n_rows=len(other),
         ks_mean=float(ks.mean()),
@@ -113,7 +130,8 @@ def compare_sample(
         worst_features=list(ks.sort_values(ascending=False).index[:n_worst]),
         corr_mean_abs_diff=corr_mean,
         corr_max_abs_diff=corr_max,
-        detectability_auroc=detectability_auroc(held_out, other, random_state=random_state),
+        detectability_auroc=auroc,
+        detectability_ci=auroc_ci,
         ks_per_feature=ks.to_dict(),
     )
 
@@ -129,8 +147,11 @@ def fidelity_report(
 
     `training_real` (the rows the generator learned from) gives the reference: how far two real
     samples of the same class are apart. Returns a JSON-ready dict with `synthetic`,
-    `reference_real` (or None) and a per-feature KS table under `ks_per_feature`.
+    `reference_real` (or None) and a per-feature KS table under `ks_per_feature`. With fewer
+    than `MIN_ROWS_PER_SIDE` held-out rows it returns `skipped_report` instead.
     """
+    if len(held_out_real) < MIN_ROWS_PER_SIDE:
+        return skipped_report(len(held_out_real))
     synthetic_cmp = compare_sample(held_out_real, synthetic, random_state=random_state)
     reference_cmp = (
         compare_sample(held_out_real, training_real, random_state=random_state)
@@ -160,3 +181,33 @@ def fidelity_report(
             "two real samples (training vs held-out) and shows the floor set by sampling noise."
         ),
     }
+
+
+def skipped_report(n_held_out: int) -> dict:
+    """The fidelity report when there are too few held-out rows to say anything."""
+    return {
+        "n_held_out_real": n_held_out,
+        "skipped": (
+            f"only {n_held_out} held-out real row(s); the fidelity figures need at least "
+            f"{MIN_ROWS_PER_SIDE} (prepare a larger cohort to see how faithful the GAN is)"
+        ),
+    }
+
+
+def fidelity_verdict(report: dict) -> str:
+    """One plain sentence on what the fidelity figures say (for summaries and the report)."""
+    if "skipped" in report:
+        return f"Fidelity not measured: {report['skipped']}."
+    syn = report["synthetic"]
+    auroc, (low, high) = syn["detectability_auroc"], syn["detectability_ci"]
+    if low >= 0.9:
+        reading = "a classifier spots nearly every generated patient: the rows are not realistic"
+    elif low >= 0.7:
+        reading = "generated patients are easy to tell from real ones"
+    elif low > 0.55:
+        reading = "generated patients can be told from real ones, though not always"
+    else:
+        reading = "generated patients are hard to tell from real ones"
+    return (
+        f"Detectability {auroc:.2f} [{low:.2f}, {high:.2f}] (0.5 = indistinguishable): {reading}."
+    )

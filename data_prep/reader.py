@@ -144,7 +144,7 @@ def _folder_members(root: Path) -> list[_Member]:
     found = []
     prefix = len(str(root).rstrip(os.sep)) + 1
     for dirpath, _dirs, files in os.walk(root):
-        found.extend(os.path.join(dirpath, name) for name in files if name.endswith(".psv"))
+        found.extend(os.path.join(dirpath, name) for name in files if name.lower().endswith(".psv"))
     found.sort()
     return [_Member(full, *_patient_and_set(full[prefix:]), _file_loader(full)) for full in found]
 
@@ -162,7 +162,7 @@ def _zip_members(path: Path) -> list[_Member]:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise DataFormatError(str(path), f"not a readable zip archive ({exc})") from None
-    names = sorted(n for n in archive.namelist() if n.endswith(".psv") and not n.endswith("/"))
+    names = sorted(n for n in archive.namelist() if n.lower().endswith(".psv"))
     members = []
     for name in names:
         pid, sset = _patient_and_set(name)
@@ -172,6 +172,7 @@ def _zip_members(path: Path) -> list[_Member]:
 
 def _read_psv_members(members: list[_Member], skip_bad: bool, progress: Progress | None):
     skipped: list[SkippedFile] = []
+    n_files = len(members)  # every file found, duplicates and bad ones included
     members = _drop_duplicate_ids(members, skip_bad, skipped)
     tables, kept = [], []
     done = 0
@@ -195,7 +196,7 @@ def _read_psv_members(members: list[_Member], skip_bad: bool, progress: Progress
     )
     sets = pa.array([m.source_set for m, _n in kept], pa.string()).take(ids.indices)
     table = table.add_column(0, PATIENT, ids.dictionary_decode()).add_column(1, SOURCE_SET, sets)
-    return _cast_canonical(table), len(members), skipped
+    return _cast_canonical(table), n_files, skipped
 
 
 def _drop_duplicate_ids(members, skip_bad, skipped) -> list[_Member]:
@@ -214,7 +215,10 @@ def _drop_duplicate_ids(members, skip_bad, skipped) -> list[_Member]:
 
 
 def _split_header(member: _Member, content: bytes) -> tuple[bytes, int]:
-    """Return the body (rows after the header, ending in a newline) and its row count."""
+    """Return the body (rows after the header, ending in a newline) and its row count.
+    Windows line endings (CRLF) are accepted: a file saved on Windows is still the format."""
+    if b"\r" in content:
+        content = content.replace(b"\r\n", b"\n")
     if not content.startswith(_HEADER_BYTES):
         raise _header_error(member.display, content)
     body = content[len(_HEADER_BYTES) :]
@@ -383,6 +387,19 @@ def _check_rows(table: pa.Table, offsets: np.ndarray, names: list[str], line_off
         LABEL,
         lambda r: f"{LABEL} is {label[r]}; expected 0 or 1",
     )
+    gender = _numpy(table, "Gender")
+    flag(
+        ~np.isin(gender, (0.0, 1.0)),
+        "Gender",
+        lambda r: f"Gender is {gender[r]:g}; expected 0 (female) or 1 (male), never missing",
+    )
+    for name in ("Unit1", "Unit2"):
+        unit = _numpy(table, name)
+        flag(
+            ~(np.isin(unit, (0.0, 1.0)) | np.isnan(unit)),
+            name,
+            lambda r, v=unit, n=name: f"{n} is {v[r]:g}; expected 0, 1 or NaN",
+        )
     patient_start = offsets[:-1][owner]
     for name in STATIC_COLUMNS:
         values = _numpy(table, name)
@@ -432,7 +449,7 @@ def _cast_canonical(table: pa.Table) -> pa.Table:
 def _finish(parts, kind: str) -> ReadResult:
     table, n_files, skipped = parts
     implausible = {}
-    for name in MEASUREMENTS + ("Age", "HospAdmTime"):
+    for name in MEASUREMENTS + ("Age", "HospAdmTime", "ICULOS"):
         spec = SPECS[name]
         values = table.column(name)
         outside = pc.or_(pc.less(values, spec.lo), pc.greater(values, spec.hi))

@@ -121,6 +121,18 @@ def test_zip_csv_and_parquet_inputs_give_the_same_table(small_psv_dir, tmp_path)
             lambda p: p.write_text(p.read_text().replace("|SepsisLabel", "", 1)),
             r"line 1: header has no SepsisLabel column",
         ),
+        (
+            lambda p: _rewrite_line(p, 2, lambda s: _set_field(s, "Gender", "NaN")),
+            r"line 2, column 36 \(Gender\): Gender is nan; expected 0 \(female\) or 1",
+        ),
+        (
+            lambda p: _rewrite_line(p, 2, lambda s: _set_field(s, "Gender", "2")),
+            r"line 2, column 36 \(Gender\): Gender is 2; expected 0 \(female\) or 1",
+        ),
+        (
+            lambda p: _rewrite_line(p, 2, lambda s: _set_field(s, "Unit1", "2")),
+            r"line 2, column 37 \(Unit1\): Unit1 is 2; expected 0, 1 or NaN",
+        ),
     ],
     ids=[
         "header",
@@ -132,6 +144,9 @@ def test_zip_csv_and_parquet_inputs_give_the_same_table(small_psv_dir, tmp_path)
         "header-only",
         "empty",
         "unlabelled",
+        "gender-missing",
+        "gender-code",
+        "unit-code",
     ],  # fmt: skip
 )
 def test_malformed_file_names_file_line_and_column(small_psv_dir, tmp_path, edit, expected):
@@ -206,3 +221,16 @@ def test_reads_the_real_physionet_sample_files():
     assert len(table) == 705 - 14  # 705 lines in all, one header per file
     assert table.groupby(PATIENT)["SepsisLabel"].max().sum() == 2
     assert set(table["set"]) == {"A"}
+
+
+def test_windows_line_endings_are_read_like_unix_ones(small_psv_dir, tmp_path):
+    source = sorted(small_psv_dir.rglob("*.psv"))[:3]
+    unix, windows = tmp_path / "unix", tmp_path / "windows"
+    for folder in (unix, windows):
+        folder.mkdir()
+    for path in source:
+        (unix / path.name).write_bytes(path.read_bytes())
+        (windows / path.name).write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    a = read_cohort(unix).table.to_pandas()
+    b = read_cohort(windows).table.to_pandas()
+    pd.testing.assert_frame_equal(a, b)

@@ -93,3 +93,20 @@ def test_hourly_vitals_are_autocorrelated(cohort):
     x = hr["HR"].to_numpy()
     r = np.corrcoef(x[1:][same], x[:-1][same])[0, 1]
     assert r > 0.6
+
+
+def test_synth_refuses_to_replace_existing_sets_without_force(tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    kept = tmp_path / "training_setA" / "p000001.psv"
+    kept.parent.mkdir()
+    kept.write_text("a downloaded file\n")
+    args = ["data", "synth", "--patients", "20", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "--force" in result.output and kept.read_text() == "a downloaded file\n"
+    result = CliRunner().invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert len(list(tmp_path.rglob("*.psv"))) == 20

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from imblearn.pipeline import Pipeline
 
-from data_prep.fidelity import fidelity_report
+from data_prep.fidelity import fidelity_report, fidelity_verdict
 from data_prep.outputs import staged_directory, write_json_atomic
 from training.classifiers import (
     MODEL_LABELS,
@@ -50,6 +50,8 @@ from training.metrics import (
     METRICS,
     SELECTABLE_METRICS,
     THRESHOLD_RULES,
+    UNDEFINED_MARK_SHARE,
+    UNDEFINED_NOTE,
     Evaluation,
     bootstrap_weights,
     choose_threshold,
@@ -129,6 +131,20 @@ class ClassifyConfig:
             )
         if self.n_boot < 100:
             raise ValueError(f"n_boot={self.n_boot} is too few for a 95% interval; use >= 100")
+        strategy = self.settings.sampling_strategy
+        if isinstance(strategy, str):
+            if strategy not in ("auto", "minority", "not majority", "not minority", "all"):
+                raise ValueError(
+                    f"sampling_strategy={strategy!r}; give a ratio in (0, 1] (septic / "
+                    "non-septic after oversampling) or 'auto'"
+                )
+        elif not 0.0 < float(strategy) <= 1.0:
+            raise ValueError(f"sampling_strategy={strategy} must be a ratio in (0, 1]")
+        if self.settings.ctgan_batch_size <= 0 or self.settings.ctgan_batch_size % 10:
+            raise ValueError(
+                f"ctgan_batch_size={self.settings.ctgan_batch_size} must be a positive multiple "
+                "of 10 (CTGAN groups rows in packs of 10)"
+            )
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -440,6 +456,8 @@ def _fidelity(candidates: list[Candidate], table: FeatureTable, seed: int) -> di
     report = fidelity_report(
         synthetic, held_out, X_train[y_train == 1].reset_index(drop=True), random_state=seed
     )
+    if "skipped" in report:
+        return report
     report["held_out_rows"] = "validation patients with sepsis (never seen by CTGAN)"
     report["generator"] = {
         "epochs": sampler.epochs,
@@ -510,7 +528,11 @@ def _metrics_document(
         "oversampling_effect": oversampling_effects(candidates),
         "fidelity_summary": None
         if fidelity is None
-        else {"synthetic": fidelity["synthetic"], "reference_real": fidelity["reference_real"]},
+        else {
+            "synthetic": fidelity.get("synthetic"),
+            "reference_real": fidelity.get("reference_real"),
+            "verdict": fidelity_verdict(fidelity),
+        },
     }
 
 
@@ -565,6 +587,7 @@ def comparison_table(
             "model": c.model,
             "oversample": c.oversample,
             "threshold": round(c.threshold, 4),
+            "test_flagged_share": round(flagged_share(c), 4),
             "val_pr_auc": round(c.val.estimates["pr_auc"].value, 4),
         }
         for metric in metrics:
@@ -574,6 +597,15 @@ def comparison_table(
             row[f"{metric}_ci_high"] = est.ci_high
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+DEGENERATE_FLAGGED_SHARE = 0.95
+"""A threshold that flags at least this share of test patients as septic is degenerate."""
+
+
+def flagged_share(candidate: Candidate) -> float:
+    """Share of test patients the candidate flags as septic at its validation threshold."""
+    return float(np.mean(candidate.test_scores >= candidate.threshold))
 
 
 def comparison_markdown(
@@ -599,12 +631,28 @@ def comparison_markdown(
         f"Test prevalence: {prevalence['value']:.3f} "
         f"[{prevalence['ci_low']:.3f}, {prevalence['ci_high']:.3f}]. "
     )
+    notes = []
+    degenerate = [c for c in candidates if flagged_share(c) >= DEGENERATE_FLAGGED_SHARE]
+    if degenerate:
+        notes.append(
+            "Degenerate thresholds: "
+            + ", ".join(f"{c.name} flags {flagged_share(c):.0%}" for c in degenerate)
+            + " of test patients as septic; their accuracy, precision and specificity describe "
+            "'treat everyone as septic', not a useful screen."
+        )
+    if any(
+        c.test.estimates[m].undefined_share > UNDEFINED_MARK_SHARE
+        for c in candidates
+        for m in METRICS
+    ):
+        notes.append(UNDEFINED_NOTE)
     return (
-        "Test patients (real, true prevalence). Value [95% bootstrap CI]. "
+        "Test patients (held out, never generated; true prevalence). Value [95% bootstrap CI]. "
         + prev
         + "Thresholds chosen on validation patients.\n\n"
         + "\n".join(lines)
         + "\n"
+        + "".join(f"\n{note}\n" for note in notes)
     )
 
 
@@ -660,7 +708,14 @@ def _write_outputs(
 
 def fidelity_markdown(report: dict) -> str:
     """A short human summary of the fidelity report."""
+    if "skipped" in report:
+        return f"# CTGAN fidelity\n\n{fidelity_verdict(report)}\n"
     syn, ref = report["synthetic"], report["reference_real"]
+
+    def auroc(cmp: dict) -> str:
+        low, high = cmp["detectability_ci"]
+        return f"{cmp['detectability_auroc']:.3f} [{low:.3f}, {high:.3f}]"
+
     rows = [
         ("rows compared", syn["n_rows"], ref["n_rows"] if ref else "-"),
         ("mean KS over features", f"{syn['ks_mean']:.3f}", f"{ref['ks_mean']:.3f}" if ref else "-"),
@@ -671,9 +726,9 @@ def fidelity_markdown(report: dict) -> str:
             f"{ref['corr_mean_abs_diff']:.3f}" if ref else "-",
         ),
         (
-            "detectability AUROC (0.5 ideal)",
-            f"{syn['detectability_auroc']:.3f}",
-            f"{ref['detectability_auroc']:.3f}" if ref else "-",
+            "detectability AUROC [95% CI] (0.5 ideal)",
+            auroc(syn),
+            auroc(ref) if ref else "-",
         ),
     ]
     lines = [
@@ -682,6 +737,8 @@ def fidelity_markdown(report: dict) -> str:
         "| | CTGAN rows | real training rows (reference) |",
         "|---|---|---|",
         *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        fidelity_verdict(report),
         "",
         f"Features CTGAN gets most wrong (KS): {', '.join(syn['worst_features'])}.",
         "",
@@ -897,6 +954,12 @@ def check_features(features: pd.DataFrame, expected: Sequence[str]) -> pd.DataFr
         bad = X.columns[X.isna().any()].tolist()
         raise FeatureMismatchError(
             f"missing values in {bad[:8]}; impute them as `data prepare` does before scoring"
+        )
+    infinite = X.columns[~np.isfinite(X.to_numpy(dtype=float)).all(axis=0)].tolist()
+    if infinite:
+        raise FeatureMismatchError(
+            f"infinite values in {infinite[:8]}; features are finite measurements, check how "
+            "they were computed"
         )
     return X
 

@@ -43,15 +43,30 @@ class Estimate:
     value: float
     ci_low: float
     ci_high: float
+    undefined_share: float = 0.0
+    """Share of bootstrap draws in which the metric was undefined (e.g. precision of a draw in
+    which nothing was flagged); the interval rests on the other draws only."""
 
     def to_dict(self) -> dict[str, float | None]:
         return {k: _json_float(v) for k, v in vars(self).items()}
 
     def format(self, digits: int = 3) -> str:
-        """`0.512 [0.471, 0.553]`, or `n/a` when undefined."""
+        """`0.512 [0.471, 0.553]`, or `n/a` when undefined; a trailing `†` marks an interval
+        from which more than `UNDEFINED_MARK_SHARE` of the draws were left out as undefined."""
         if not np.isfinite(self.value):
             return "n/a"
-        return f"{self.value:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+        mark = UNDEFINED_MARK if self.undefined_share > UNDEFINED_MARK_SHARE else ""
+        return (
+            f"{self.value:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]{mark}"
+        )
+
+
+UNDEFINED_MARK = "†"
+UNDEFINED_MARK_SHARE = 0.05
+UNDEFINED_NOTE = (
+    "† the metric was undefined in more than 5% of bootstrap draws (for example precision when a "
+    "draw flags no patient); the interval uses the other draws and is too narrow."
+)
 
 
 def _json_float(x: float) -> float | None:
@@ -133,7 +148,8 @@ def summarise(point: dict[str, np.ndarray], draws: dict[str, np.ndarray]) -> dic
     for name in METRICS:
         finite = draws[name][np.isfinite(draws[name])]
         low, high = np.percentile(finite, [tail, 100 - tail]) if finite.size else (np.nan, np.nan)
-        out[name] = Estimate(float(point[name][0]), float(low), float(high))
+        undefined = 1.0 - finite.size / max(draws[name].size, 1)
+        out[name] = Estimate(float(point[name][0]), float(low), float(high), undefined)
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from data_prep.fidelity import fidelity_verdict
 from data_prep.outputs import write_json_atomic
 from training.report_doc import (
     Bullets,
@@ -298,7 +299,18 @@ def _fidelity(out: Path) -> Section:
     fidelity = _load_json(out / "classify" / "fidelity.json")
     if fidelity is None:
         return Section("GAN fidelity", [Paragraph("CTGAN was not part of this run.")])
+    if "skipped" in fidelity:
+        return Section("GAN fidelity", [Paragraph(fidelity_verdict(fidelity))])
     synthetic, reference = fidelity["synthetic"], fidelity.get("reference_real") or {}
+
+    def value(cmp: dict, key: str) -> str:
+        if key not in cmp:
+            return "n/a"
+        if key == "detectability_auroc":
+            low, high = cmp["detectability_ci"]
+            return f"{cmp[key]:.3f} [{low:.3f}, {high:.3f}]"
+        return f"{cmp[key]:.3f}"
+
     measures = (
         ("ks_mean", "mean Kolmogorov-Smirnov statistic per feature", "0"),
         ("ks_max", "largest Kolmogorov-Smirnov statistic", "0"),
@@ -306,12 +318,7 @@ def _fidelity(out: Path) -> Section:
         ("detectability_auroc", "detectability: AUROC telling them from real rows", "0.5"),
     )
     rows = [
-        [
-            label,
-            f"{synthetic[key]:.3f}",
-            f"{reference[key]:.3f}" if key in reference else "n/a",
-            ideal,
-        ]
+        [label, value(synthetic, key), value(reference, key), ideal]
         for key, label, ideal in measures
     ]
     return Section(
@@ -324,6 +331,7 @@ def _fidelity(out: Path) -> Section:
                 "vs held-out): the floor that sampling noise alone sets. Features the GAN matches "
                 f"worst: {', '.join(synthetic['worst_features'][:5])}."
             ),
+            Paragraph(fidelity_verdict(fidelity)),
             Table(["measure", "synthetic vs real", "real vs real", "ideal"], rows),
         ],
     )
