@@ -175,7 +175,10 @@ def main() -> None:
             f"classify --oversample {mode}: {step['seconds']:.0f} s wall, "
             f"{step['cpu_seconds']:.0f} s CPU (target {targets[mode]} s wall) {verdict}"
         )
-    (work / "bench_classify.json").write_text(json.dumps(steps, indent=2) + "\n")
+    # One file per set of modes, so a later `--modes none` run does not overwrite `all`'s record.
+    record = work / f"bench_classify_{'_'.join(modes)}.json"
+    record.write_text(json.dumps(steps, indent=2) + "\n")
+    print(f"recorded in {record}")
 
 
 if __name__ == "__main__":
