@@ -199,7 +199,8 @@ def fidelity_verdict(report: dict) -> str:
     if "skipped" in report:
         return f"Fidelity not measured: {report['skipped']}."
     syn = report["synthetic"]
-    auroc, (low, high) = syn["detectability_auroc"], syn["detectability_ci"]
+    auroc = syn["detectability_auroc"]
+    low, high = syn.get("detectability_ci", (auroc, auroc))  # reports before 2026-11 had no CI
     if low >= 0.9:
         reading = "a classifier spots nearly every generated patient: the rows are not realistic"
     elif low >= 0.7:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,14 @@ SECTIONS = (
 )
 
 
-def _run(out: Path, config: dict, tmp_path: Path, name: str = "study.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(app, ["run", "--out", str(out), "--config", str(path)])
+def _run(out: Path, config: dict | None, tmp_path: Path, name: str = "study.yaml", *extra):
+    """`sepsis-rl run --quick --out OUT [--config FILE] ...`: the Quickstart's main job."""
+    args = ["run", "--quick", "--out", str(out), *extra]
+    if config is not None:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        args += ["--config", str(path)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -49,28 +54,51 @@ def _run(out: Path, config: dict, tmp_path: Path, name: str = "study.yaml"):
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     out = tmp / "out"
-    output = _run(out, TINY, tmp)
+    output = _run(out, None, tmp)
     return out, output, tmp
 
 
+NUMBER_CI = r"-?\d+\.\d+%? \[-?\d+\.\d+, -?\d+\.\d+\]"
+"""A number with its 95% interval, as the report writes it."""
+
+
 @pytest.mark.slow
-def test_report_holds_every_section_with_real_numbers(study):
+def test_quick_report_holds_every_section_with_real_numbers(study):
     out, output, _ = study
     assert "stages run: raw, prepared, classify, rl, evaluation; reused: none" in output
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
+    sections = {}
     for title in SECTIONS:
         assert f"## {title}" in markdown
-        assert title.replace(",", ",") in html
-    assert html.count("data:image/png;base64,") >= 5  # self-contained figures
+        assert title in html
+    for chunk in markdown.split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        sections[title] = body
+    assert html.count("data:image/png;base64,") >= 6  # self-contained figures
     assert "src='classify/" not in html
-    # Real numbers: test metrics with intervals, policy outcomes, cohort counts.
-    assert re.search(r"Logistic regression \| none \| 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", markdown)
-    assert re.search(r"Clinician protocol \| -?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]", markdown)
-    assert "1,200 ICU stays" in markdown
-    assert "synthetic" in markdown.lower()
+    # Real numbers in every section, not placeholders.
+    assert "--quick` demonstration run" in sections["What this report is, and is not"]
+    assert "2,500 ICU stays" in sections["Cohort"]
+    assert re.search(r"The classifiers use \d+ of \d+ measurements", sections["What cleaning did"])
+    classifiers = sections["Sepsis classifiers, with and without GAN oversampling"]
+    assert re.search(rf"Logistic regression \| none \| {NUMBER_CI}", classifiers)
+    assert "Does oversampling help?" in classifiers
+    fidelity = sections["GAN fidelity"]
+    assert re.search(r"Detectability \d\.\d\d \[\d\.\d\d, \d\.\d\d\]", fidelity)
+    assert re.search(r"training episodes, [\d,]+ environment steps", sections["RL training"])
+    policies = sections["The learned policy against clinical baselines"]
+    assert re.search(rf"Clinician protocol \| {NUMBER_CI}", policies)
+    for baseline in ("Random", "No treatment", "All treatments always", "Clinician protocol"):
+        assert re.search(rf"\| {baseline} \| [-+]\d+\.\d\d \[", policies), baseline
+    ages = sections["By age group"]
+    assert re.search(rf"Learned policy \(DQN, greedy\) \| {NUMBER_CI} \| {NUMBER_CI}", ages)
+    assert re.search(r"\| 66\+ \| [-+]\d+\.\d\d \[", ages)
+    assert re.search(r"\d+ h \[\d+, \d+\] \(\d+% of ICU time\)", sections[SECTIONS[8]])
+    settings = sections["Exact settings and versions"]
+    assert re.search(r"ray 2\.60\.\d+", settings) and "| `evaluation/` |" in settings
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
-    assert evaluation["episodes"] == 300
+    assert evaluation["episodes"] == 2000
     assert set(evaluation["policies"]) == {"dqn", "random", "no_treatment", "all_treatments",
                                            "protocol"}  # fmt: skip
 
@@ -79,26 +107,41 @@ def test_report_holds_every_section_with_real_numbers(study):
 def test_rerun_skips_finished_stages(study):
     out, _, tmp = study
     before = (out / "classify" / "metrics.json").stat().st_mtime_ns
-    output = _run(out, TINY, tmp)
+    output = _run(out, None, tmp)
     assert "stages run: none; reused: raw, prepared, classify, rl, evaluation" in output
     assert (out / "classify" / "metrics.json").stat().st_mtime_ns == before
 
     # Shared storage (s3://, gs://, ...): file:// stands in for it here.
     shared = tmp / "shared"
-    path = tmp / "study.yaml"
-    result = CliRunner().invoke(
-        app, ["run", "--out", str(out), "--config", str(path), "--upload", shared.as_uri()]
-    )
-    assert result.exit_code == 0, result.output
+    _run(out, None, tmp, "study.yaml", "--upload", shared.as_uri())
     assert (shared / "report.html").read_bytes() == (out / "report.html").read_bytes()
     assert (shared / "rl" / "checkpoints" / "last" / "rllib_checkpoint.json").exists()
+
+    # A study copied elsewhere (e.g. back from shared storage) is still reused, trained policy
+    # included: no stage is keyed on where the study folder is.
+    moved = tmp / "moved"
+    shutil.copytree(out, moved)
+    output = _run(moved, None, tmp)
+    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation" in output
+
+
+@pytest.mark.slow
+def test_changed_classifier_settings_rerun_only_the_classifiers(study):
+    out, _, tmp = study
+    rl_before = (out / "rl" / "stage.json").read_text()
+    output = _run(out, {"classify": {"n_boot": 200}}, tmp, "classify.yaml")
+    assert "stages run: classify; reused: raw, prepared, rl, evaluation" in output
+    assert (out / "rl" / "stage.json").read_text() == rl_before
+    metrics = json.loads((out / "classify" / "metrics.json").read_text())
+    assert metrics["config"]["n_boot"] == 200
 
 
 @pytest.mark.slow
 def test_changed_rl_settings_rerun_only_rl_and_evaluation(study):
     out, _, tmp = study
     prepared_before = (out / "prepared" / "features.parquet").stat().st_mtime_ns
-    changed = {**TINY, "rl": {**TINY["rl"], "lr": 1e-3}}
+    # The classifier setting of the test above stays, so only the RL change differs.
+    changed = {"classify": {"n_boot": 200}, "rl": {"lr": 1e-3, "time_budget_s": 20}}
     output = _run(out, changed, tmp, "changed.yaml")
     assert "stages run: rl, evaluation; reused: raw, prepared, classify" in output
     assert (out / "prepared" / "features.parquet").stat().st_mtime_ns == prepared_before

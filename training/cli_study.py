@@ -67,7 +67,10 @@ def run_cmd(
                 bar.remove_task(task)  # a fresh bar per stage: no stale counts
                 task = bar.add_task(text.split("]")[0].lstrip("["), total=None)
 
-            result = run_study(out, options, data, notify=notify, progress=progress)
+            result = run_study(
+                out, options, data, notify=notify, progress=progress,
+                stage_done=(lambda folder: _upload(folder, out, upload)) if upload else None,
+            )  # fmt: skip
     except DataFormatError as err:
         raise fail(
             f"{err} (fix the file, or set prepare: {{skip_bad: true}} in --config)"
@@ -80,19 +83,27 @@ def run_cmd(
         )
         raise typer.Exit(130) from None
     if upload:
-        import pyarrow.fs
-
-        try:
-            pyarrow.fs.copy_files(str(Path(out).resolve()), upload)
-        except (OSError, ValueError) as err:
-            message = f"the study finished in {out} but the upload to {upload} failed: {err}"
-            raise fail(message, 1) from None
+        _upload(Path(out), out, upload)  # the report, and any stage reused from before
         console.print(f"uploaded {out} to {upload}")
     ran, reused = ", ".join(result.ran) or "none", ", ".join(result.reused) or "none"
     console.print(f"stages run: {ran}; reused: {reused}")
     console.print(f"report: {result.report_html}  (and {result.report_md.name})")
-    for name in ("prepared", "classify", "rl", "evaluation"):
-        console.print(f"  {name + '/':<12} {out / name}")
+    for name in ("raw", "prepared", "classify", "rl", "evaluation"):
+        if (out / name).is_dir():
+            console.print(f"  {name + '/':<12} {out / name}")
+    console.print(f"  {'options':<12} {out / 'study_options.json'}")
+
+
+def _upload(folder: Path, out: Path, upload: str) -> None:
+    """Copy `folder` (the study, or one stage of it) to the same place under `upload`."""
+    import pyarrow.fs
+
+    relative = Path(folder).resolve().relative_to(Path(out).resolve())
+    target = upload.rstrip("/") + ("" if relative == Path(".") else f"/{relative.as_posix()}")
+    try:
+        pyarrow.fs.copy_files(str(Path(folder).resolve()), target)
+    except (OSError, ValueError) as err:
+        raise fail(f"the upload of {folder} to {target} failed: {err}", 1) from None
 
 
 def _interrupt(signum, frame) -> None:

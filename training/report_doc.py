@@ -74,7 +74,9 @@ table{border-collapse:collapse;margin:.8em 0 1.4em;font-size:.9em}
 th,td{border:1px solid #d5dbe5;padding:.3em .6em;text-align:left}
 th{background:#eef3fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#f8fafc}
-figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #e2e8f0}
+figure{margin:1em 0 2em;width:min(1500px,96vw);position:relative;left:50%;
+transform:translateX(-50%)}figure img{display:block;margin:0 auto;max-width:100%;
+border:1px solid #e2e8f0}figcaption{max-width:1050px;margin:.3em auto 0}
 figcaption{font-size:.9em;color:#4a5568}
 .caption{font-style:italic;color:#4a5568;margin-bottom:.2em}
 nav ul{columns:2}code{background:#f1f4f8;padding:0 .2em}

@@ -89,6 +89,14 @@ REFERENCE = "protocol"
 """The policy differences are taken against."""
 LEARNED = "dqn"
 """Name of the learned greedy policy in reports and figures."""
+POLICY_NAMES = {
+    LEARNED: "Learned policy (DQN, greedy)",
+    "protocol": "Clinician protocol",
+    "random": "Random",
+    "no_treatment": "No treatment",
+    "all_treatments": "All treatments always",
+}
+"""How each policy is called in figures and the report."""
 HYPOTENSION_MAP_MMHG = 65.0  # Surviving Sepsis Campaign MAP target
 HYPOXAEMIA_SPO2 = 92.0  # BTS oxygen target lower bound
 
@@ -125,19 +133,27 @@ def evaluation_env_kwargs(options: RLOptions, split: str) -> dict:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, episodes: int = 2000, seed: int = 10_000, split: str = "test"
+    checkpoint: str | Path,
+    episodes: int = 2000,
+    seed: int = 10_000,
+    split: str = "test",
+    cohort: str | Path | None = None,
 ) -> dict:
     """Paired evaluation of the greedy policy and the baselines on `split` patients.
 
-    Returns `{"evaluations": {name: Evaluation}, "steps": {"obs", "actions"} of the learned
-    policy, "report": JSON-ready dict}`; the report has every policy's metrics overall and per
-    age group (95% CIs) and the paired differences to the protocol.
+    `cohort` replaces the cohort path the policy was trained with (e.g. after the run folder
+    moved). Returns `{"evaluations": {name: Evaluation}, "steps": {"obs", "actions"} of the
+    learned policy, "report": JSON-ready dict}`; the report has every policy's metrics overall
+    and per age group (95% CIs), the paired differences to the protocol, and the learned policy's
+    paired differences to each baseline.
     """
     from sepsis_env.env import AGE_GROUPS
     from sepsis_env.policies import evaluate, paired_difference
 
     policy = load_policy(checkpoint)
     env_id, kwargs = policy.options.env, evaluation_env_kwargs(policy.options, split)
+    if cohort is not None:
+        kwargs["cohort"] = str(cohort)
     recorder = RecordingPolicy(sepsis_policies(policy)[LEARNED])
     evaluations = {}
     for name, pol in sepsis_policies(policy).items():
@@ -163,6 +179,18 @@ def evaluate_checkpoint(
             }
             for name, e in evaluations.items()
             if name != REFERENCE
+        },
+        # The question a reader asks: how does the learned policy do against each baseline?
+        "learned_minus_baseline": {
+            name: {
+                group: {
+                    metric: paired_difference(evaluations[LEARNED], e, metric, mask)
+                    for metric in COMPARED_METRICS
+                }
+                for group, mask in masks.items()
+            }
+            for name, e in evaluations.items()
+            if name != LEARNED
         },
     }
     steps = {"obs": np.array(recorder.observations), "actions": np.array(recorder.actions)}
@@ -229,17 +257,31 @@ def write_figures(result: dict, run_dir: Path, out: Path) -> list[Path]:
 
 
 def plot_training_returns(episodes_csv: Path, path: Path, window: int = 100) -> Path:
-    """Return of every training episode and its rolling mean."""
+    """Return of every training episode, its rolling mean, and (when the run had a greedy
+    evaluation) the greedy policy's mean return on the fixed validation episodes."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.read_csv(episodes_csv)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(np.arange(1, len(df) + 1), df["episode_return"], ".", ms=2, alpha=0.3, label="episode")
-    rolling = df["episode_return"].rolling(window, min_periods=1).mean()
-    ax.plot(np.arange(1, len(df) + 1), rolling, lw=2, label=f"rolling mean ({window})")
-    ax.set(xlabel="training episode", ylabel="return", title="Reward progression during training")
-    ax.legend()
+    episode = np.arange(1, len(df) + 1)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(episode, df["episode_return"], ".", ms=2, alpha=0.25, color="C7",
+            label="training episode (exploring)")  # fmt: skip
+    rolling = df["episode_return"].rolling(window, min_periods=max(1, window // 5)).mean()
+    ax.plot(episode, rolling, lw=2, color="C0", label=f"rolling mean of {window} episodes")
+    metrics_csv = episodes_csv.with_name("metrics.csv")
+    if metrics_csv.is_file():
+        metrics = pd.read_csv(metrics_csv)
+        if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():
+            valid = metrics.dropna(subset=["eval_return_mean"])
+            ax.plot(valid["episodes"], valid["eval_return_mean"], "o-", ms=4, color="C3",
+                    label="greedy policy, validation patients")  # fmt: skip
+    ax.set(
+        xlabel="training episode",
+        ylabel="return (+15 discharged, -15 died, shaping, treatment costs)",
+        title="Return during training",
+    )
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -252,13 +294,20 @@ def plot_return_histograms(evaluations: dict, path: Path) -> Path:
 
     all_returns = np.concatenate([e.returns for e in evaluations.values()])
     bins = np.linspace(all_returns.min(), all_returns.max(), 40)
-    fig, axes = plt.subplots(len(evaluations), 1, figsize=(8, 2 * len(evaluations)), sharex=True)
+    fig, axes = plt.subplots(
+        len(evaluations), 1, figsize=(9, 1.8 * len(evaluations)), sharex=True, sharey=True
+    )
     for ax, (name, e) in zip(axes, evaluations.items(), strict=True):
         ax.hist(e.returns, bins=bins, color="C0" if name == LEARNED else "C7")
         ax.axvline(e.returns.mean(), color="C3", lw=1.5)
-        ax.set_ylabel(name)
-    axes[-1].set_xlabel("episode return (red: mean)")
-    fig.suptitle("Evaluation returns on test patients")
+        ax.set_title(
+            f"{POLICY_NAMES.get(name, name)}: mean {e.returns.mean():.2f}", fontsize=9, loc="left"
+        )
+        ax.set_ylabel("episodes")
+    axes[-1].set_xlabel(
+        "episode return (red line: mean; near +15: discharged alive, near -15: died)"
+    )
+    fig.suptitle("Returns on test patients, one episode per patient and policy")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -303,31 +352,67 @@ def plot_typical_patients(result: dict, path: Path) -> Path:
     report = result["report"]
     policy = load_policy(report["checkpoint"])
     kwargs = evaluation_env_kwargs(policy.options, report["env_kwargs"]["split"])
+    if "cohort" in report["env_kwargs"]:
+        kwargs["cohort"] = report["env_kwargs"]["cohort"]  # the patients the evaluation used
     policies = sepsis_policies(policy)
     picks = typical_episode_indices(result["evaluations"][REFERENCE])
-    vitals = ("MAP", "O2Sat", "HR", "Lactate")
-    fig, axes = plt.subplots(len(picks), len(vitals) + 1, figsize=(18, 3.2 * len(picks)))
+    vitals = (
+        ("MAP", "MAP (mmHg)", 65.0),
+        ("O2Sat", "SpO2 (%)", 92.0),
+        ("HR", "Heart rate (bpm)", None),
+        ("Lactate", "Lactate (mmol/L)", 2.0),
+    )
+    hours = OBS_INDEX["hours"]
+    styles = ("-", "--", ":", "-.", (0, (5, 1)))
+    fig, axes = plt.subplots(
+        len(picks), len(vitals) + 1, figsize=(17, 3.4 * len(picks)),
+        gridspec_kw={"width_ratios": [1] * len(vitals) + [1.5]},
+    )  # fmt: skip
     axes = np.atleast_2d(axes)
     for row, episode in enumerate(picks):
         age = result["evaluations"][REFERENCE].age[episode]
+        lanes, lane_labels = [], []
         for k, (name, pol) in enumerate(policies.items()):
             obs, actions, outcome = trace_episode(
                 pol, policy.options.env, kwargs, report["seed"], episode
             )
-            for col, vital in enumerate(vitals):
+            t = obs[:, hours]
+            width = 2.4 if name == LEARNED else 1.3
+            for col, (vital, _, _) in enumerate(vitals):
                 axes[row, col].plot(
-                    obs[:, OBS_INDEX[vital]], color=f"C{k}", label=f"{name} ({outcome})"
-                )
-            axes[row, -1].step(
-                np.arange(len(actions)), actions + 0.08 * k, where="post", color=f"C{k}"
-            )
-        for col, vital in enumerate(vitals):
-            axes[row, col].set(title=f"{vital}, age {age:.0f}", xlabel="step")
-        axes[row, -1].set(title="action", xlabel="step", yticks=range(8))
-        axes[row, 0].legend(fontsize=7)
-    fig.suptitle("Vitals under each policy for typical test patients (same patient, same noise)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+                    t, obs[:, OBS_INDEX[vital]], color=f"C{k}", ls=styles[k % len(styles)],
+                    lw=width, label=POLICY_NAMES.get(name, name),
+                )  # fmt: skip
+            # Treatment lanes: which support ran in each interval (oxygen, ventilation, pressors).
+            base = 4 * (len(policies) - 1 - k)
+            step = t[1] - t[0] if len(t) > 1 else 4.0
+            for j, flag in enumerate(("oxygen", "ventilation", "vasopressors")):
+                on = [(t[i], step) for i in range(len(actions)) if obs[i + 1, OBS_INDEX[flag]]]
+                axes[row, -1].broken_barh(on, (base + j, 0.9), color=f"C{j}")
+            lanes.append(base + 1.45)
+            lane_labels.append(f"{POLICY_NAMES.get(name, name)}\n({outcome})")
+        for col, (_, label, threshold) in enumerate(vitals):
+            ax = axes[row, col]
+            if threshold is not None:
+                ax.axhline(threshold, color="0.6", lw=0.8, ls=":")
+            ax.set_title(f"{label}, patient aged {age:.0f}", fontsize=9)
+            ax.set_xlabel("hours since the start of the episode", fontsize=8)
+        ax = axes[row, -1]
+        ax.set_yticks(lanes, lane_labels, fontsize=7)
+        ax.set_xlabel("hours since the start of the episode", fontsize=8)
+        ax.set_title("treatment given (blue oxygen, orange ventilation, green vasopressors)",
+                     fontsize=8)  # fmt: skip
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9,
+               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    fig.suptitle(
+        "One typical test patient per age group (median starting MAP of the group), "
+        "treated by each policy: same patient, same random stream. Dotted grey: MAP 65, SpO2 92, "
+        "lactate 2.",
+        y=0.955, fontsize=10,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -365,7 +450,10 @@ def plot_action_frequencies(steps: dict, path: Path) -> Path:
         share = np.array([freqs[k][a] for k in labels])
         ax.bar(labels, share, bottom=bottom, label=name, color=plt.cm.tab10(a))
         bottom += share
-    ax.set(ylabel="share of decisions", title="Learned policy: actions by age group and by state")
+    ax.set(
+        ylabel="share of the learned policy's decisions",
+        title="Learned policy on test patients: actions by age group and by state",
+    )
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ class Stage:
     name: str
     directory: Path
     key: str
+    started: float | None = field(default=None, compare=False)
 
     def is_done(self) -> bool:
         """True when the stage finished before with exactly this key."""
@@ -65,10 +68,23 @@ class Stage:
             return False
 
     def mark_done(self, details: dict[str, Any] | None = None) -> None:
-        """Record that the stage finished (call after every output is in place)."""
+        """Record that the stage finished (call after every output is in place), with its wall
+        time since the first `invalidate` and when it finished."""
         payload = {"stage": self.name, "key": self.key, **(details or {})}
+        if self.started is not None:
+            payload["seconds"] = round(time.perf_counter() - self.started, 1)
+        payload["finished_utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
         write_json_atomic(self.directory / STAGE_RECORD, payload)
 
     def invalidate(self) -> None:
-        """Forget that the stage finished (before rewriting its outputs)."""
+        """Forget that the stage finished (before rewriting its outputs); starts its clock."""
+        if self.started is None:
+            self.started = time.perf_counter()
         (self.directory / STAGE_RECORD).unlink(missing_ok=True)
+
+    def record(self) -> dict[str, Any]:
+        """What `mark_done` wrote ({} when the stage has not finished)."""
+        try:
+            return json.loads((self.directory / STAGE_RECORD).read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}

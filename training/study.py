@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from data_prep.prepare import ENV_COHORT_FILE
 from training.stages import Stage, files_fingerprint, fingerprint
 
 STUDY_VERSION = 1  # bump when a stage's meaning changes, so old outputs are not reused
@@ -54,9 +55,12 @@ class StudyOptions:
     """Overrides of `training.rl_config.RLOptions` (episodes, lr, num_env_runners, ...)."""
     evaluation_episodes: int = 2000
     """Paired evaluation episodes per policy on test patients."""
+    quick: bool = False
+    """Set by `--quick`: the report then says it is a short demonstration run."""
 
 
 QUICK = {
+    "quick": True,
     "patients": 2500,
     "classifier_settings": {
         "ctgan_epochs": 20,
@@ -129,8 +133,12 @@ def run_study(
     data: Path | None = None,
     notify: Notify = print,
     progress: Callable[[str, int, int | None], None] | None = None,
+    stage_done: Callable[[Path], None] | None = None,
 ) -> StudyResult:
-    """Run (or continue) the study in `out`. Returns what ran and where the report is."""
+    """Run (or continue) the study in `out`. Returns what ran and where the report is.
+
+    `stage_done(folder)` is called after each stage that ran (e.g. to copy it to shared storage
+    at once, so that a job stopped later keeps what it finished)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []
@@ -139,6 +147,14 @@ def run_study(
     def stage(name: str, key_parts: dict) -> Stage:
         return Stage(name, out / name, fingerprint({"v": STUDY_VERSION, **key_parts}))
 
+    def fresh(stage: Stage) -> None:
+        """Empty a stage's folder before it reruns: its old outputs were made from other
+        inputs, and none of them may survive next to the new ones (e.g. a GAN report of an
+        earlier run with CTGAN)."""
+        stage.invalidate()
+        if stage.directory.exists():
+            shutil.rmtree(stage.directory)
+
     # 1. Raw data: the synthetic default, or the user's files.
     if data is None:
         raw = stage("raw", {"patients": options.patients, "seed": options.seed})
@@ -146,8 +162,11 @@ def run_study(
             reused.append("raw")
         else:
             notify(f"[raw] generating {options.patients:,} synthetic stays")
+            fresh(raw)
             _synthesise(raw, options)
             ran.append("raw")
+            if stage_done:
+                stage_done(raw.directory)
         input_path, input_key = raw.directory / "psv", raw.key
     else:
         input_path, input_key = Path(data), files_fingerprint(Path(data))
@@ -160,8 +179,11 @@ def run_study(
         reused.append("prepared")
     else:
         notify(f"[prepared] reading and preparing {input_path}")
+        fresh(prepared)
         _prepare(prepared, input_path, options, progress)
         ran.append("prepared")
+        if stage_done:
+            stage_done(prepared.directory)
 
     # 3. Classifiers.
     classify = stage(
@@ -177,18 +199,27 @@ def run_study(
         reused.append("classify")
     else:
         notify("[classify] training classifiers with and without oversampling")
+        fresh(classify)
         _classify(classify, prepared.directory, options, progress)
         ran.append("classify")
+        if stage_done:
+            stage_done(classify.directory)
 
     # 4. Reinforcement learning.
     rl_options = _rl_options(options, prepared.directory)
-    rl = stage("rl", {"prepared": prepared.key, "rl": rl_options.to_dict()})
+    # Keyed on the options with the cohort path relative to the study folder, so that a study
+    # moved or copied (e.g. back from shared storage) still reuses its trained policy.
+    rl_key = rl_options.to_dict()
+    rl_key["env_kwargs"] = {**rl_key["env_kwargs"], "cohort": f"prepared/{ENV_COHORT_FILE}"}
+    rl = stage("rl", {"prepared": prepared.key, "rl": rl_key})
     if rl.is_done():
         reused.append("rl")
     else:
         notify("[rl] training the Dueling Double DQN on Ray RLlib")
         _train(rl, rl_options, notify)
         ran.append("rl")
+        if stage_done:
+            stage_done(rl.directory)
 
     # 5. Evaluation on test patients.
     evaluation = stage(
@@ -198,8 +229,11 @@ def run_study(
         reused.append("evaluation")
     else:
         notify(f"[evaluation] {options.evaluation_episodes:,} paired episodes per policy")
-        _evaluate(evaluation, rl.directory, options)
+        fresh(evaluation)
+        _evaluate(evaluation, rl.directory, prepared.directory, options)
         ran.append("evaluation")
+        if stage_done:
+            stage_done(evaluation.directory)
 
     # 6. The report (cheap: always rebuilt from the stage outputs).
     from training.report import write_report
@@ -255,7 +289,6 @@ def _classify(stage: Stage, prepared_dir: Path, options: StudyOptions, progress)
 
 
 def _rl_options(options: StudyOptions, prepared_dir: Path):
-    from data_prep.prepare import ENV_COHORT_FILE
     from training.rl_config import RLOptions, options_from_dict
 
     base = RLOptions(seed=options.seed)
@@ -280,12 +313,19 @@ def _train(stage: Stage, rl_options, notify: Notify) -> None:
     if resumable:
         notify("[rl] resuming the interrupted run from its last checkpoint and replay buffer")
 
+    limits = [
+        f"{rl_options.episodes:,} episodes" if rl_options.episodes else "",
+        f"{rl_options.env_steps:,} env steps" if rl_options.env_steps else "",
+        f"{rl_options.time_budget_s:g} s" if rl_options.time_budget_s else "",
+    ]
+    until = " or ".join(x for x in limits if x)
+
     def on_iteration(m) -> None:
         if INTERRUPTED.is_set():
             raise KeyboardInterrupt
         notify(
             f"[rl] iteration {m.iteration}: {m.env_steps:,} env steps, {m.episodes:,} episodes, "
-            f"return {m.episode_return_mean:.2f}"
+            f"{m.time_s:.0f} s (stops at {until}); training return {m.episode_return_mean:.2f}"
         )
 
     try:
@@ -298,7 +338,7 @@ def _train(stage: Stage, rl_options, notify: Notify) -> None:
     stage.mark_done()
 
 
-def _evaluate(stage: Stage, rl_dir: Path, options: StudyOptions) -> None:
+def _evaluate(stage: Stage, rl_dir: Path, prepared_dir: Path, options: StudyOptions) -> None:
     from data_prep.outputs import staged_directory
     from training.rl_eval import evaluate_checkpoint, write_evaluation
     from training.rl_train import RunDir
@@ -307,7 +347,10 @@ def _evaluate(stage: Stage, rl_dir: Path, options: StudyOptions) -> None:
     checkpoint = run.best if (run.best / "rllib_checkpoint.json").exists() else run.last
     stage.invalidate()
     result = evaluate_checkpoint(
-        checkpoint, episodes=options.evaluation_episodes, seed=10_000 + options.seed
+        checkpoint,
+        episodes=options.evaluation_episodes,
+        seed=10_000 + options.seed,
+        cohort=(prepared_dir / ENV_COHORT_FILE).resolve(),
     )
     with staged_directory(stage.directory) as folder:
         write_evaluation(result, folder)
