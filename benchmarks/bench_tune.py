@@ -3,7 +3,8 @@
 Run: `python benchmarks/bench_tune.py [--data DIR] [--trials 4] [--rl-trials 3]`. Without
 `--data` a 3,000-stay synthetic cohort is made and prepared first (about 20 s, not timed).
 
-For each search (classifiers; DQN on CartPole):
+For each search (classifiers; DQN on CartPole; DQN on SepsisEnv, scored on its validation
+episodes):
 1. The search at the tiny budget with the concurrency the cluster allows: trials per minute.
 2. The same search with one trial at a time, and then each of its trials' configurations run
    directly in this process by the same trial function (same folds or iterations, same
@@ -108,12 +109,13 @@ def bench_classifiers(data: Path, work: Path, trials: int) -> dict:
     }
 
 
-def bench_rl(work: Path, trials: int) -> dict:
+def bench_rl(work: Path, trials: int, env: str = "CartPole-v1") -> dict:
     from training.rl_config import RLOptions
     from tuning.rl_search import RLSearch, run_rl_search, run_trial
 
+    sepsis = env.startswith("SepsisEnv")
     base = RLOptions(
-        env="CartPole-v1",
+        env=env,
         num_env_runners=1,
         num_cpus_per_env_runner=0.5,
         num_steps_sampled_before_learning_starts=200,
@@ -129,17 +131,20 @@ def bench_rl(work: Path, trials: int) -> dict:
             iterations_per_trial=2,
             time_budget_s=None,
             scheduler="fifo",
-            eval_episodes=5,
+            # SepsisEnv: the default scoring, 2,000 fixed validation episodes in one batch.
+            eval_episodes=None if sepsis else 5,
             storage=str(work / "tune"),
             name=name,
             max_concurrent=concurrency,
         )
 
-    wall, outcome = _timed(lambda: run_rl_search(search("rl_parallel", None)))
-    serial_wall, serial = _timed(lambda: run_rl_search(search("rl_serial", 1)))
+    tag = "sepsis" if sepsis else "cartpole"
+    wall, outcome = _timed(lambda: run_rl_search(search(f"rl_{tag}_parallel", None)))
+    serial_wall, serial = _timed(lambda: run_rl_search(search(f"rl_{tag}_serial", 1)))
     direct = _direct(_trial_configs(serial.path), lambda c: run_trial(c, lambda _m, _c: None))
+    label = "SepsisEnv, 2,000 val. episodes" if sepsis else "CartPole"
     return {
-        "search": "DQN on CartPole (2 iterations)",
+        "search": f"DQN on {label} (2 it.)",
         "trials": len(outcome.trials),
         "wall_s": wall,
         "serial_wall_s": serial_wall,
@@ -166,12 +171,16 @@ def main() -> None:
         init_ray()
         try:
             cpus = ray.cluster_resources().get("CPU", 0)
-            rows = [bench_classifiers(data, work, args.trials), bench_rl(work, args.rl_trials)]
+            rows = [
+                bench_classifiers(data, work, args.trials),
+                bench_rl(work, args.rl_trials),
+                bench_rl(work, args.rl_trials, "SepsisEnv-v0"),
+            ]
         finally:
             ray.shutdown()
     print(f"Ray Tune searches at the tiny budget on {cpus:g} CPUs (FIFO; wall time, seconds)")
     header = (
-        f"{'search':<32} {'trials':>6} {'wall':>7} {'trials/min':>10} | {'serial':>7} "
+        f"{'search':<40} {'trials':>6} {'wall':>7} {'trials/min':>10} | {'serial':>7} "
         f"{'in-trial':>8} {'direct':>7} {'overhead/trial':>14} {'overhead':>8}"
     )
     print(header)
@@ -180,7 +189,7 @@ def main() -> None:
         per_trial = (r["serial_wall_s"] - r["direct_s"]) / max(1, r["serial_trials"])
         relative = 100 * per_trial * r["serial_trials"] / r["direct_s"]
         print(
-            f"{r['search']:<32} {r['trials']:>6} {r['wall_s']:>7.1f} "
+            f"{r['search']:<40} {r['trials']:>6} {r['wall_s']:>7.1f} "
             f"{60 * r['trials'] / r['wall_s']:>10.2f} | {r['serial_wall_s']:>7.1f} "
             f"{r['in_trial_s']:>8.1f} "
             f"{r['direct_s']:>7.1f} {per_trial:>13.1f}s {relative:>7.0f}%"

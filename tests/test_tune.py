@@ -330,7 +330,7 @@ def test_analysis_writes_tables_figures_summary_and_a_classify_config(
     table = pd.read_csv(out / "trials.csv")
     assert table["trial_id"].tolist()[:2] == ["bbb", "aaa"]
     summary = (out / "summary.md").read_text()
-    assert "2 completed, 1 stopped early, 1 failed" in summary
+    assert "2 completed, 1 stopped early (by the scheduler" in summary and ", 1 failed" in summary
     assert "**0.1**" in summary  # the gain
     config = classify_config_from_file(out / "best_config.yaml")
     assert config.models == ("xgboost",) and config.settings.xgb_depth == 4
@@ -353,3 +353,24 @@ def test_analysis_of_a_folder_without_a_search_says_what_to_pass(tmp_path: Path)
     (tmp_path / "rl" / "search.json").write_text("{}")
     with pytest.raises(AnalysisError, match="did you mean one of: rl"):
         load_analysis(tmp_path)
+
+
+def test_a_default_rl_trial_asks_for_one_cpu_so_two_run_on_a_laptop(tmp_path) -> None:
+    from tuning.cli import search_base_options
+
+    base = search_base_options(None, {})
+    assert base.num_cpus_per_env_runner == 0.5
+    search = RLSearch(base=base)
+    cpus = sum(b.get("CPU", 0.0) for b in trial_resources(search).bundles)
+    assert cpus == 1.0
+    # The user's choice wins, from the command line or from the options file.
+    assert search_base_options(None, {"num_cpus_per_env_runner": 1.0}).num_cpus_per_env_runner == 1
+    config = tmp_path / "base.yaml"
+    config.write_text("num_cpus_per_env_runner: 2\n")
+    assert search_base_options(config, {}).num_cpus_per_env_runner == 2
+
+
+def test_asha_grace_period_must_fit_the_trial() -> None:
+    with pytest.raises(ValueError, match="grace_period"):
+        RLSearch(base=RLOptions(), iterations_per_trial=3, grace_period=4).validate()
+    RLSearch(base=RLOptions(), iterations_per_trial=3, grace_period=2).validate()

@@ -61,6 +61,8 @@ class Trial:
     error: str | None
     score: float = float("nan")
     steps: int = 0
+    initial_params: dict[str, Any] = field(default_factory=dict)
+    """The searched parameters the trial started with (PBT mutates `params` as it goes)."""
 
     @property
     def complete(self) -> bool:
@@ -122,12 +124,26 @@ def load_analysis(folder: str | Path) -> Analysis:
         if best is not None:
             notes.append("No trial ran every step; the best is chosen among incomplete trials.")
     if never_ran:
+        finished = _search_finished(folder)
         notes.append(
-            f"{len(never_ran)} more trial(s) were created but never started (the time budget "
-            "ran out, or the search was interrupted: `--resume` runs them)."
+            f"{len(never_ran)} more trial(s) were created but never started: "
+            + (
+                "the time budget ran out first (a new search with a larger --time-budget, or "
+                "more --num-samples, would run them)."
+                if finished
+                else "the search was interrupted (`--resume` runs them)."
+            )
         )
     default = _find_default(trials, search.get("default"))
     return Analysis(folder, search, trials, best, default, trial_table(trials, search), notes)
+
+
+def _search_finished(folder: Path) -> bool:
+    """Whether the search ended by itself (all trials, or the time budget), not interrupted."""
+    trials_file = folder / TRIALS_FILE
+    if not trials_file.is_file():
+        return False
+    return bool(json.loads(trials_file.read_text()).get("finished"))
 
 
 def _statuses(folder: Path) -> dict[str, dict[str, Any]]:
@@ -148,7 +164,8 @@ def _statuses(folder: Path) -> dict[str, dict[str, Any]]:
 
 def _read_trial(folder: Path, search: dict[str, Any], statuses: dict[str, dict]) -> Trial:
     config = json.loads((folder / "params.json").read_text())
-    history = _read_history(folder / "result.json")
+    history, first_config = _read_history(folder / "result.json")
+    initial = {k: first_config[k] for k in search["params"] if k in first_config}
     trial_id = folder.name.removeprefix("trial_")
     params = {k: config[k] for k in search["params"] if k in config}
     error = _error_of(folder)
@@ -171,24 +188,29 @@ def _read_trial(folder: Path, search: dict[str, Any], statuses: dict[str, dict])
         status = STOPPED
     else:
         status = UNFINISHED
-    return Trial(trial_id, folder, config, params, history, status, error, score, steps)
+    initial = initial or params
+    return Trial(trial_id, folder, config, params, history, status, error, score, steps, initial)
 
 
-def _read_history(path: Path) -> pd.DataFrame:
+def _read_history(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The trial's reports (one row per iteration) and the configuration of its first report."""
     if not path.is_file():
-        return pd.DataFrame()
+        return pd.DataFrame(), {}
     rows = []
+    first_config: dict[str, Any] | None = None
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            row.pop("config", None)
+            config = row.pop("config", None)
+            if first_config is None and isinstance(config, dict):
+                first_config = config
             rows.append(row)
     history = pd.DataFrame(rows)
     if "training_iteration" in history:
         # A trial interrupted between writing a result and registering its checkpoint resumes from
         # the earlier checkpoint and reports that iteration again: keep the latest report of each.
         history = history.drop_duplicates("training_iteration", keep="last").reset_index(drop=True)
-    return history
+    return history, first_config or {}
 
 
 def _error_of(folder: Path) -> str | None:
@@ -214,10 +236,10 @@ def _find_default(trials: list[Trial], default: dict[str, Any] | None) -> Trial 
     """The trial (the first, if repeated over seeds) that ran the default configuration."""
     if not default:
         return None
-    matches = [
+    matches = [  # by the parameters it started with: PBT changes them as the trial runs
         t
         for t in trials
-        if all(k in t.params and _same(t.params[k], v) for k, v in default.items())
+        if all(k in t.initial_params and _same(t.initial_params[k], v) for k, v in default.items())
     ]
     return min(matches, key=lambda t: t.history["timestamp"].min()) if matches else None
 
@@ -311,7 +333,11 @@ def gain_over_default(analysis: Analysis) -> dict[str, Any] | None:
         mean = sign * (best.score - default.score)
         se = math.sqrt(((bh - bl) / (2 * 1.96)) ** 2 + ((dh - dl) / (2 * 1.96)) ** 2)
         low, high = mean - 1.96 * se, mean + 1.96 * se
-        over = "normal interval from both trials' evaluation episodes"
+        over = (
+            "normal interval combining both trials' intervals over their evaluation episodes, "
+            "as if independent (conservative: both ran the same validation episodes); it does "
+            "not include the spread across training seeds (see --repeats)"
+        )
     return {
         "gain": mean,
         "low": low,
@@ -511,7 +537,8 @@ def summary_markdown(analysis: Analysis) -> str:
         "",
         f"Metric: `{analysis.metric}` ({'higher' if analysis.maximize else 'lower'} is better), "
         f"scheduler {search['scheduler']}, {len(analysis.trials)} trials: {n[COMPLETED]} "
-        f"completed, {n[STOPPED]} stopped early, {n[ERROR]} failed, {n[UNFINISHED]} unfinished.",
+        f"completed, {n[STOPPED]} stopped early (by the scheduler, or cut when the time budget "
+        f"ran out), {n[ERROR]} failed, {n[UNFINISHED]} unfinished.",
         "",
     ]
     for note in analysis.notes:

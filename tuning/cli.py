@@ -7,6 +7,10 @@ Exit codes: 0 done; 1 the search ran but no trial produced a score; 2 bad input;
 
 from __future__ import annotations
 
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +41,40 @@ SeedOpt = Annotated[int, typer.Option(help="Seeds the search and every trial.")]
 AddressOpt = Annotated[
     str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else local Ray).")
 ]
+MaxConcurrentOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Trials at once [default: as many as the cluster's CPUs hold at the start]; on an "
+        "autoscaling cluster set it higher so that waiting trials bring up more nodes."
+    ),
+]
+TRIAL_CPUS_PER_ENV_RUNNER = 0.5
+"""`tune rl`'s CPUs per env runner unless --cpus-per-env-runner or the config sets it."""
+
+
+def search_base_options(config: Path | None, overrides: dict[str, Any]) -> Any:
+    """The RLOptions every `tune rl` trial starts from: `train`'s options from `config` with
+    `overrides`, and half a CPU per env runner unless either sets it (sampling is light, the
+    learner runs in the trial's driver: a trial asks for 1 CPU, so 2 run at once on 2 cores)."""
+    from training.rl_config import load_options
+
+    overrides = dict(overrides)
+    if "num_cpus_per_env_runner" not in overrides and not _config_sets(
+        config, "num_cpus_per_env_runner"
+    ):
+        overrides["num_cpus_per_env_runner"] = TRIAL_CPUS_PER_ENV_RUNNER
+    return load_options(config, overrides)
+
+
+def _config_sets(config: Path | None, key: str) -> bool:
+    """Whether the options file `config` sets `key` itself."""
+    if config is None or not Path(config).is_file():
+        return False
+    try:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+    except yaml.YAMLError:
+        return False  # load_options reports the broken file
+    return isinstance(loaded, dict) and key in loaded
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -79,9 +117,7 @@ def _report(outcome, local: bool, command: str) -> None:
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     if not local:
-        console.print(
-            f"results are in {outcome.path}; copy the folder and run `sepsis-rl analyze` on it"
-        )
+        console.print(f"results are in {outcome.path}; analysing a local copy")
 
 
 def _analyse(folder: Path) -> Any:
@@ -121,6 +157,7 @@ def tune_classifiers_cmd(
         int, typer.Option(help="Seeds per configuration (> 1 needs --scheduler fifo).")
     ] = 1,
     max_failures: Annotated[int, typer.Option(help="Retries of a failing trial.")] = 1,
+    max_concurrent: MaxConcurrentOpt = None,
     storage: StorageOpt = "results/tune",
     name: NameOpt = None,
     resume: ResumeOpt = False,
@@ -148,6 +185,7 @@ def tune_classifiers_cmd(
         storage=storage,
         name=name or "classifiers",
         max_failures=max_failures,
+        max_concurrent=max_concurrent,
     )
     try:
         search.validate()
@@ -159,23 +197,63 @@ def tune_classifiers_cmd(
     except DataFolderError as err:
         raise _fail(str(err)) from None
     _report(outcome, not is_uri(storage), command)
-    if is_uri(storage):
-        return
-    folder = Path(experiment_path(storage, search.name))
-    if refit:
-        from tuning.analysis import FINAL_DIR, AnalysisError, load_analysis
+    location = experiment_path(storage, search.name)
+    with _local_copy(location) as folder:
+        if refit:
+            _refit(folder, data, search.metric, refit_best)
+            if is_uri(storage):
+                _copy(str(folder / "final"), location + "/final")
+        _analyse(folder)
+        if is_uri(storage):
+            _copy(str(folder / "analysis"), location + "/analysis")
+            console.print(f"final model and analysis copied to {location}")
 
-        try:
-            best = load_analysis(folder).best
-        except AnalysisError as err:
-            raise _fail(str(err), EXIT_NO_RESULT) from None
-        if best is not None:
-            console.print(
-                f"refitting the best configuration ({best.params}) on the training patients; "
-                "the test patients are scored now, once"
-            )
-            refit_best(data, folder / FINAL_DIR, best.config, search.metric)
-    _analyse(folder)
+
+@contextlib.contextmanager
+def _local_copy(location: str) -> Iterator[Path]:
+    """The experiment folder on local disk: itself, or a temporary copy of a URI's contents."""
+    from tuning.runner import is_uri
+
+    if not is_uri(location):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="sepsis-rl-tune-") as tmp:
+        folder = Path(tmp) / Path(location.rstrip("/")).name
+        _copy(location, str(folder))
+        yield folder
+
+
+def _copy(source: str, target: str) -> None:
+    import pyarrow.fs
+
+    try:
+        pyarrow.fs.copy_files(source, target)
+    except (OSError, ValueError) as err:
+        raise _fail(f"copying {source} to {target} failed: {err}", 1) from None
+
+
+def _refit(folder: Path, data: Path, metric: str, refit_best) -> None:
+    """Refit the best configuration once and score the test patients; a resumed search whose
+    final model exists does not touch the test patients again."""
+    from tuning.analysis import FINAL_DIR, AnalysisError, load_analysis
+
+    try:
+        best = load_analysis(folder).best
+    except AnalysisError as err:
+        raise _fail(str(err), EXIT_NO_RESULT) from None
+    if best is None:
+        return
+    final = folder / FINAL_DIR
+    record = final / "refit.json"
+    if record.is_file() and json.loads(record.read_text()).get("trial_id") == best.trial_id:
+        console.print(f"the best configuration was refitted before ({final}); not again")
+        return
+    console.print(
+        f"refitting the best configuration ({best.params}) on the training patients; "
+        "the test patients are scored now, once"
+    )
+    refit_best(data, final, best.config, metric)
+    record.write_text(json.dumps({"trial_id": best.trial_id}) + "\n")
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -227,14 +305,21 @@ def tune_rl_cmd(
     cpus_for_driver: Annotated[
         float, typer.Option(help="CPUs per trial driver (runs the learner and evaluation).")
     ] = 0.5,
+    grace_period: Annotated[
+        int,
+        typer.Option(
+            help="ASHA: iterations every trial runs before it can be stopped (the first one "
+            "mostly fills the replay buffer)."
+        ),
+    ] = 2,
     max_failures: Annotated[int, typer.Option(help="Retries of a failing trial.")] = 1,
+    max_concurrent: MaxConcurrentOpt = None,
     storage: StorageOpt = "results/tune",
     name: NameOpt = None,
     resume: ResumeOpt = False,
     address: AddressOpt = None,
 ) -> None:
     """Search DQN hyper-parameters, scored by the greedy policy's evaluation return."""
-    from training.rl_config import load_options
     from tuning.rl_search import RLSearch, run_rl_search
     from tuning.runner import experiment_path, is_uri
 
@@ -246,7 +331,7 @@ def tune_rl_cmd(
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
     try:
-        base = load_options(config, overrides)
+        base = search_base_options(config, overrides)
     except (ValueError, FileNotFoundError, TypeError) as err:
         raise _fail(str(err)) from None
     # The builder evaluates on this split (RLOptions.evaluation_split); "none": the training one.
@@ -265,6 +350,8 @@ def tune_rl_cmd(
         storage=storage,
         name=name or "rl",
         max_failures=max_failures,
+        max_concurrent=max_concurrent,
+        grace_period=min(grace_period, iterations_per_trial),
     )
     try:
         search.validate()
@@ -273,8 +360,12 @@ def tune_rl_cmd(
     command = f"sepsis-rl tune rl --storage {storage} --name {search.name}"
     outcome = _run(lambda: run_rl_search(search, resume=resume), address)
     _report(outcome, not is_uri(storage), command)
-    if not is_uri(storage):
-        _analyse(Path(experiment_path(storage, search.name)))
+    location = experiment_path(storage, search.name)
+    with _local_copy(location) as folder:
+        _analyse(folder)
+        if is_uri(storage):
+            _copy(str(folder / "analysis"), location + "/analysis")
+            console.print(f"analysis copied to {location}/analysis")
 
 
 def analyze_cmd(

@@ -112,10 +112,22 @@ class RLSearch:
     max_failures: int = 1
     """Retries of a failing trial (Tune's FailureConfig)."""
     max_concurrent: int | None = None
-    """Trials at once (None: as many as the cluster's CPUs hold)."""
+    """Trials at once (None: as many as the cluster's CPUs hold when the search starts; set it
+    higher on an autoscaling cluster so that waiting trials make the autoscaler add nodes)."""
+    grace_period: int = 2
+    """ASHA: iterations every trial runs before it can be stopped. The first iteration mostly
+    fills the replay buffer (learning starts after 1,000 steps), so comparing after it would
+    rank untrained policies."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first option that is out of range."""
+        if not 1 <= self.grace_period <= self.iterations_per_trial:
+            raise ValueError(
+                f"grace_period={self.grace_period} must be between 1 and iterations_per_trial "
+                f"({self.iterations_per_trial})"
+            )
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         if self.scheduler not in ("asha", "pbt", "fifo"):
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose asha, pbt or fifo")
         for name in ("num_samples", "iterations_per_trial", "repeats", "eval_episodes"):
@@ -362,7 +374,9 @@ def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, An
     searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     if search.scheduler == "asha":
         scheduler = ASHAScheduler(
-            max_t=search.iterations_per_trial, grace_period=1, reduction_factor=2
+            max_t=search.iterations_per_trial,
+            grace_period=search.grace_period,
+            reduction_factor=2,
         )
     else:
         scheduler = FIFOScheduler()
