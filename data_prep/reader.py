@@ -61,13 +61,22 @@ class DataFormatError(ValueError):
     is about a whole file or row.
     """
 
-    def __init__(self, path: str, message: str, line: int | None = None, column: int | None = None):
+    def __init__(
+        self,
+        path: str,
+        message: str,
+        line: int | None = None,
+        column: int | None = None,
+        column_name: str | None = None,
+    ):
+        """`column` is a position in the `.psv` header unless `column_name` names the column
+        (for tables whose columns are in another order, e.g. the consolidated CSV)."""
         self.path, self.line, self.column, self.message = path, line, column, message
         where = path
         if line is not None:
             where += f", line {line}"
         if column is not None:
-            name = HEADER[column - 1] if 1 <= column <= len(HEADER) else "?"
+            name = column_name or (HEADER[column - 1] if 1 <= column <= len(HEADER) else "?")
             where += f", column {column} ({name})"
         super().__init__(f"{where}: {message}")
 
@@ -524,11 +533,16 @@ def _grouped_table(display, table, ids, skip_bad, line_offset, sets=None):
     if bad:
         if not skip_bad:
             _patient, err = bad[0]
+            name = HEADER[err.column - 1] if err.column else None
+            position = err.column
+            if name is not None and name in table.column_names:
+                position = table.column_names.index(name) + 1  # where it is in this file
             raise DataFormatError(
                 display,
                 f"patient {block_ids[_patient]}: {err.message}",
                 (err.line or 0) + int(offsets[_patient]) + line_offset,
-                err.column,
+                position,
+                name,
             )
         bad_index = {i for i, _e in bad}
         skipped = [SkippedFile(names[i], e.message) for i, e in bad]

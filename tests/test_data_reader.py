@@ -234,3 +234,17 @@ def test_windows_line_endings_are_read_like_unix_ones(small_psv_dir, tmp_path):
     a = read_cohort(unix).table.to_pandas()
     b = read_cohort(windows).table.to_pandas()
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_consolidated_csv_errors_name_the_csv_column(small_psv_dir, tmp_path):
+    reference = read_cohort(small_psv_dir).table.to_pandas()
+    csv = reference.drop(columns=["set"]).copy()
+    csv.insert(0, "Hour", csv.groupby(PATIENT).cumcount())
+    csv["Patient_ID"] = csv.pop(PATIENT).str[1:].astype(int)
+    csv.loc[3, "SepsisLabel"] = 2  # data line 4 of the file (line 5 counting the header)
+    csv.to_csv(tmp_path / "Dataset.csv", index=True)
+    header = (tmp_path / "Dataset.csv").read_text().split("\n", 1)[0].split(",")
+    with pytest.raises(DataFormatError) as err:
+        read_cohort(tmp_path / "Dataset.csv")
+    position = header.index("SepsisLabel") + 1
+    assert f"line 5, column {position} (SepsisLabel)" in str(err.value)
