@@ -143,6 +143,10 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     ran: list[str] = []
     reused: list[str] = []
+    # The report describes the stages as they were; it is rebuilt at the end, and until then an
+    # old one must not sit beside stages that are being redone.
+    for name in ("report.html", "report.md"):
+        (out / name).unlink(missing_ok=True)
 
     def stage(name: str, key_parts: dict) -> Stage:
         return Stage(name, out / name, fingerprint({"v": STUDY_VERSION, **key_parts}))
