@@ -142,7 +142,7 @@ def bench_rl(work: Path, trials: int, env: str = "CartPole-v1") -> dict:
     wall, outcome = _timed(lambda: run_rl_search(search(f"rl_{tag}_parallel", None)))
     serial_wall, serial = _timed(lambda: run_rl_search(search(f"rl_{tag}_serial", 1)))
     direct = _direct(_trial_configs(serial.path), lambda c: run_trial(c, lambda _m, _c: None))
-    label = "SepsisEnv, 2,000 val. episodes" if sepsis else "CartPole"
+    label = "SepsisEnv, 2,000 val. eps" if sepsis else "CartPole"
     return {
         "search": f"DQN on {label} (2 it.)",
         "trials": len(outcome.trials),
