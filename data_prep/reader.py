@@ -114,10 +114,17 @@ def read_cohort(path: Path, skip_bad: bool = False, progress: Progress | None = 
         members, kind = _folder_members(path), "psv folder"
     elif path.suffix.lower() == ".zip":
         members, kind = _zip_members(path), "zip of psv files"
-    elif path.suffix.lower() == ".csv":
-        return _finish(_read_consolidated_csv(path, skip_bad), "consolidated csv")
-    elif path.suffix.lower() in (".parquet", ".pq"):
-        return _finish(_read_canonical_parquet(path, skip_bad), "canonical parquet")
+    elif path.suffix.lower() in (".csv", ".parquet", ".pq"):
+        # One file, read by one multi-threaded Arrow call: progress is that file.
+        if progress:
+            progress(0, 1)
+        if path.suffix.lower() == ".csv":
+            result = _finish(_read_consolidated_csv(path, skip_bad), "consolidated csv")
+        else:
+            result = _finish(_read_canonical_parquet(path, skip_bad), "canonical parquet")
+        if progress:
+            progress(1, 1)
+        return result
     else:
         raise DataFormatError(
             str(path), "unsupported input: give a folder of .psv files, a .zip, a .csv or .parquet"
