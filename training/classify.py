@@ -838,7 +838,10 @@ def plot_calibration(
             marker="o",
             linestyle=_LINESTYLES[c.oversample],
             lw=2.4 if c is best else 1.2,
-            label=f"{c.name} (Brier {c.test.estimates['brier'].value:.3f})",
+            label=(
+                f"{'no oversampling' if c.oversample == 'none' else c.oversample.upper()} "
+                f"(Brier {c.test.estimates['brier'].value:.3f})"
+            ),
         )
     ax.set(
         xlabel="predicted probability of sepsis",

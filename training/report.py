@@ -373,7 +373,7 @@ def _oversampling_pivot(effects: list[dict]) -> dict[str, dict[str, dict[str, st
     table: dict[str, dict[str, dict[str, str]]] = {}
     for e in effects:
         if e["metric"] in ("pr_auc", "roc_auc"):
-            cell = _ci(e["difference_vs_none"], digits=3)
+            cell = _signed(e["difference_vs_none"], digits=3)
             table.setdefault(e["model"], {}).setdefault(e["oversample"], {})[e["metric"]] = cell
     return table
 
@@ -450,12 +450,17 @@ def _training(out: Path, summary: dict | None) -> Section:
     )
     figure = out / "evaluation" / "training_returns.png"
     if figure.is_file():
+        validated = bool(summary) and math.isfinite(summary["best_eval_return"])
         blocks.append(
             Figure(
                 figure,
-                "Return during training: each exploring training episode, their rolling mean, "
-                "and the greedy policy on the fixed validation episodes (used to pick the "
-                "checkpoint)",
+                "Return during training: each exploring training episode and their rolling mean"
+                + (
+                    ", and the greedy policy on the fixed validation episodes (used to pick the "
+                    "checkpoint)"
+                    if validated
+                    else ""
+                ),
             )
         )
     return Section("RL training", blocks)
@@ -475,14 +480,17 @@ def _pp(est: list | tuple | None) -> str:
     """A difference of rates in percentage points: '+4.2 pp [3.1, 5.3]'."""
     if est is None:
         return "n/a"
-    value, low, high = (100 * x for x in est)
+    value, low, high = (round(100 * x, 1) + 0.0 for x in est)
     return f"{value:+.1f} pp [{low:+.1f}, {high:+.1f}]"
 
 
-def _signed(est: list | tuple | None, digits: int = 2) -> str:
+def _signed(est: list | tuple | dict | None, digits: int = 2) -> str:
+    """'+1.86 [+1.53, +2.19]' from (est, lo, hi) or {value, ci_low, ci_high}; never '-0.00'."""
     if est is None:
         return "n/a"
-    value, low, high = est
+    if isinstance(est, dict):
+        est = (est["value"], est["ci_low"], est["ci_high"])
+    value, low, high = (round(x, digits) + 0.0 for x in est)  # + 0.0 turns -0.0 into 0.0
     return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 

@@ -278,7 +278,7 @@ def plot_training_returns(episodes_csv: Path, path: Path, window: int = 100) -> 
                     label="greedy policy, validation patients")  # fmt: skip
     ax.set(
         xlabel="training episode",
-        ylabel="return (+15 discharged, -15 died, shaping, treatment costs)",
+        ylabel="episode return",
         title="Return during training",
     )
     ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
@@ -364,54 +364,58 @@ def plot_typical_patients(result: dict, path: Path) -> Path:
     )
     hours = OBS_INDEX["hours"]
     styles = ("-", "--", ":", "-.", (0, (5, 1)))
-    fig, axes = plt.subplots(
-        len(picks), len(vitals) + 1, figsize=(17, 3.4 * len(picks)),
-        gridspec_kw={"width_ratios": [1] * len(vitals) + [1.5]},
-    )  # fmt: skip
-    axes = np.atleast_2d(axes)
+    # Per patient: a row of vitals, and under it the treatments each policy gave, full width.
+    fig = plt.figure(figsize=(15, 5.6 * len(picks)))
+    grid = fig.add_gridspec(2 * len(picks), len(vitals), height_ratios=[1.0, 0.62] * len(picks))
     for row, episode in enumerate(picks):
         age = result["evaluations"][REFERENCE].age[episode]
-        lanes, lane_labels = [], []
+        axes = [fig.add_subplot(grid[2 * row, col]) for col in range(len(vitals))]
+        lanes_ax = fig.add_subplot(grid[2 * row + 1, :])
+        lanes, lane_labels, longest = [], [], 0.0
         for k, (name, pol) in enumerate(policies.items()):
             obs, actions, outcome = trace_episode(
                 pol, policy.options.env, kwargs, report["seed"], episode
             )
             t = obs[:, hours]
-            width = 2.4 if name == LEARNED else 1.3
-            for col, (vital, _, _) in enumerate(vitals):
-                axes[row, col].plot(
+            width = 2.6 if name == LEARNED else 1.4
+            for ax, (vital, _, _) in zip(axes, vitals, strict=True):
+                ax.plot(
                     t, obs[:, OBS_INDEX[vital]], color=f"C{k}", ls=styles[k % len(styles)],
                     lw=width, label=POLICY_NAMES.get(name, name),
                 )  # fmt: skip
             # Treatment lanes: which support ran in each interval (oxygen, ventilation, pressors).
             base = 4 * (len(policies) - 1 - k)
             step = t[1] - t[0] if len(t) > 1 else 4.0
+            longest = max(longest, float(t[-1]))
             for j, flag in enumerate(("oxygen", "ventilation", "vasopressors")):
                 on = [(t[i], step) for i in range(len(actions)) if obs[i + 1, OBS_INDEX[flag]]]
-                axes[row, -1].broken_barh(on, (base + j, 0.9), color=f"C{j}")
+                lanes_ax.broken_barh(on, (base + j, 0.9), color=f"C{j}")
             lanes.append(base + 1.45)
-            lane_labels.append(f"{POLICY_NAMES.get(name, name)}\n({outcome})")
-        for col, (_, label, threshold) in enumerate(vitals):
-            ax = axes[row, col]
+            lane_labels.append(f"{POLICY_NAMES.get(name, name)}: {outcome}")
+        for ax, (_, label, threshold) in zip(axes, vitals, strict=True):
             if threshold is not None:
                 ax.axhline(threshold, color="0.6", lw=0.8, ls=":")
-            ax.set_title(f"{label}, patient aged {age:.0f}", fontsize=9)
-            ax.set_xlabel("hours since the start of the episode", fontsize=8)
-        ax = axes[row, -1]
-        ax.set_yticks(lanes, lane_labels, fontsize=7)
-        ax.set_xlabel("hours since the start of the episode", fontsize=8)
-        ax.set_title("treatment given (blue oxygen, orange ventilation, green vasopressors)",
-                     fontsize=8)  # fmt: skip
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9,
+            ax.set_title(label, fontsize=10)
+            ax.set_xlim(0, longest)
+            ax.tick_params(labelsize=8)
+        axes[0].set_ylabel(f"patient aged {int(age)}", fontsize=11, fontweight="bold")
+        lanes_ax.set_yticks(lanes, lane_labels, fontsize=9)
+        lanes_ax.set_xlim(0, longest)
+        lanes_ax.set_xlabel("hours since the start of the episode", fontsize=9)
+        lanes_ax.set_title(
+            "treatment given: blue oxygen, orange ventilation, green vasopressors (ends at "
+            "discharge or death)",
+            fontsize=9,
+        )
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=10,
                bbox_to_anchor=(0.5, 1.0))  # fmt: skip
     fig.suptitle(
-        "One typical test patient per age group (median starting MAP of the group), "
-        "treated by each policy: same patient, same random stream. Dotted grey: MAP 65, SpO2 92, "
-        "lactate 2.",
-        y=0.955, fontsize=10,
+        "One typical test patient per age group (median starting MAP of the group), treated by "
+        "each policy: same patient, same random stream. Dotted grey: MAP 65, SpO2 92, lactate 2.",
+        y=0.985, fontsize=11,
     )  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
