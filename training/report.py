@@ -687,7 +687,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
         return rows
     if isinstance(value, list | tuple):
         return [(prefix, ", ".join(str(v) for v in value))]
-    return [(prefix, "(defaults)" if value == {} else str(value))]
+    return [(prefix, "(empty)" if value == {} else str(value))]
 
 
 def _settings(out: Path, options: dict, data: Path | None) -> Section:
