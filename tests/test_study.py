@@ -82,7 +82,9 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
     assert "2,500 ICU stays" in sections["Cohort"]
     assert re.search(r"The classifiers use \d+ of \d+ measurements", sections["What cleaning did"])
     classifiers = sections["Sepsis classifiers, with and without GAN oversampling"]
-    assert re.search(rf"Logistic regression \| none \| {NUMBER_CI}", classifiers)
+    assert re.search(
+        rf"Logistic regression(?: \(selected\)\*\*)? \| none \| {NUMBER_CI}", classifiers
+    )
     assert "Does oversampling help?" in classifiers
     fidelity = sections["GAN fidelity"]
     assert re.search(r"Detectability \d\.\d\d \[\d\.\d\d, \d\.\d\d\]", fidelity)
@@ -141,7 +143,11 @@ def test_changed_rl_settings_rerun_only_rl_and_evaluation(study):
     out, _, tmp = study
     prepared_before = (out / "prepared" / "features.parquet").stat().st_mtime_ns
     # The classifier setting of the test above stays, so only the RL change differs.
-    changed = {"classify": {"n_boot": 200}, "rl": {"lr": 1e-3, "time_budget_s": 20}}
+    changed = {
+        "classify": {"n_boot": 200},
+        "rl": {"lr": 1e-3, "time_budget_s": 10},
+        "evaluation_episodes": 500,  # evaluation reruns after any RL change; keep it short
+    }
     output = _run(out, changed, tmp, "changed.yaml")
     assert "stages run: rl, evaluation; reused: raw, prepared, classify" in output
     assert (out / "prepared" / "features.parquet").stat().st_mtime_ns == prepared_before
