@@ -186,3 +186,37 @@ def test_metrics_record_the_learning_rate(checkpoint: Path) -> None:
     metrics = pd.read_csv(checkpoint.parent.parent / "metrics.csv")
     learning = metrics.dropna(subset=["learning_rate"])
     assert len(learning) and (learning["learning_rate"] == RLOptions().lr).all()
+
+
+RLLIB_WITH_MODULE_PATH_ID = """
+import ray
+from ray.rllib.algorithms.dqn import DQNConfig
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+config = (
+    DQNConfig()
+    .environment("sepsis_env:SepsisEnv-v0")
+    .env_runners(num_env_runners=1, num_cpus_per_env_runner=0.5)
+    .training(num_steps_sampled_before_learning_starts=100)
+    .reporting(min_sample_timesteps_per_iteration=200)
+)
+algo = config.build_algo()
+result = algo.train()
+print("steps", int(result["env_runners"]["num_env_steps_sampled_lifetime"]))
+print("healthy", algo.env_runner_group.num_healthy_remote_workers())
+algo.stop()
+ray.shutdown()
+"""
+
+
+def test_plain_rllib_runs_the_module_path_id_in_env_runner_processes(tmp_path: Path) -> None:
+    """`"sepsis_env:SepsisEnv-v0"` needs no import: a remote env runner samples from it."""
+    import os
+
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", RLLIB_WITH_MODULE_PATH_ID],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "healthy 1" in result.stdout
+    assert int(result.stdout.split("steps ")[1].split()[0]) >= 200

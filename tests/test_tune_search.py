@@ -320,3 +320,55 @@ def test_population_based_training_runs_and_perturbs(tmp_path: Path) -> None:
             # Whatever PBT perturbed stays inside the searched ranges.
             assert 0.9 <= row["config"]["gamma"] <= 0.999
             assert 0.2 <= row["config"]["replay_beta"] <= 1.0
+
+
+def test_a_trial_whose_worker_dies_is_retried_from_its_checkpoint(
+    prepared_dir: Path, tmp_path: Path
+) -> None:
+    """FailureConfig for real: the process running a trial is killed after its first fold; Tune
+    restarts the trial from that fold's checkpoint and the search ends normally."""
+    args = [
+        "tune", "classifiers", "--data", str(prepared_dir), "--models", "logreg",
+        "--oversample", "ctgan", "--folds", "5", "--num-samples", "1", "--scheduler", "fifo",
+        "--time-budget", "0", "--max-failures", "1", "--storage", str(tmp_path / "tune"),
+        "--no-refit",
+    ]  # fmt: skip
+    folder = tmp_path / "tune" / "classifiers"
+    process = subprocess.Popen(
+        [str(SEPSIS_RL), *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    workers: list[int] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(len(_result_rows(t)) >= 1 for t in folder.glob("trial_*")):
+            workers = _processes_titled("ray::ImplicitFunc")
+            if workers:
+                break
+        time.sleep(0.2)
+    assert workers, "no trial worker to kill (the trial ended too soon, or never started)"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    state = json.loads((folder / "trials.json").read_text())
+    assert state["finished"] and [t["status"] for t in state["trials"]] == ["TERMINATED"]
+    (trial,) = load_analysis(folder).trials
+    assert trial.status == "completed" and trial.steps == 5
+    assert "recovered after a failure" in (trial.error or "")
+    iterations = [r["training_iteration"] for r in _result_rows(trial.folder)]
+    assert iterations[0] == 1 and sorted(set(iterations)) == [1, 2, 3, 4, 5]
+    assert iterations.count(1) == 1, "the retry started over instead of from its checkpoint"
+
+
+def _processes_titled(prefix: str) -> list[int]:
+    """PIDs whose command line (Ray sets it to the actor's task) starts with `prefix`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text.startswith(prefix):
+            found.append(int(cmdline.parent.name))
+    return found

@@ -709,7 +709,9 @@ def _settings(out: Path, options: dict, data: Path | None) -> Section:
             stages.append(
                 [
                     f"`{name}/`",
-                    "n/a" if seconds is None else f"{seconds / 60:.1f} min",
+                    "n/a"
+                    if seconds is None
+                    else (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"),
                     record.get("finished_utc", "n/a"),
                     record["key"],
                 ]

@@ -220,6 +220,7 @@ def run_study(
         reused.append("rl")
     else:
         notify("[rl] training the Dueling Double DQN on Ray RLlib")
+        rl.invalidate()  # starts the stage's clock; _train decides whether to resume
         _train(rl, rl_options, notify)
         ran.append("rl")
         if stage_done:

@@ -177,7 +177,10 @@ def _read_trial(folder: Path, search: dict[str, Any], statuses: dict[str, dict])
     if metric in history and history[metric].notna().any():
         score = float(history[metric].dropna().iloc[-1])
     tune_status = known.get("status")
-    if error or tune_status == "ERROR":
+    if error and tune_status == "TERMINATED":
+        # Tune retried it (FailureConfig) and the retry finished: the error is history.
+        error = f"recovered after a failure, retried from its checkpoint: {error}"
+    if tune_status == "ERROR" or (error and tune_status != "TERMINATED"):
         status = ERROR
     elif steps >= int(search["max_steps"]):
         status = COMPLETED
