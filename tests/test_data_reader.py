@@ -72,17 +72,22 @@ def test_zip_csv_and_parquet_inputs_give_the_same_table(small_psv_dir, tmp_path)
     from_zip = read_cohort(archive).table.to_pandas()
     pd.testing.assert_frame_equal(from_zip, reference)
 
-    # The consolidated CSV that circulates: an unnamed index, Hour, the .psv columns, Patient_ID.
-    csv = reference.drop(columns=["set"]).copy()
-    csv.insert(0, "Hour", csv.groupby(PATIENT).cumcount())
-    csv["Patient_ID"] = csv.pop(PATIENT).str[1:].astype(int)
-    csv.to_csv(tmp_path / "Dataset.csv", index=True)
+    _consolidated(reference).to_csv(tmp_path / "Dataset.csv", index=True)
     from_csv = read_cohort(tmp_path / "Dataset.csv").table.to_pandas()
     pd.testing.assert_frame_equal(from_csv, reference)
 
     pq.write_table(read_cohort(small_psv_dir).table, tmp_path / "hourly.parquet")
     from_parquet = read_cohort(tmp_path / "hourly.parquet").table.to_pandas()
     pd.testing.assert_frame_equal(from_parquet, reference)
+
+
+def _consolidated(canonical: pd.DataFrame) -> pd.DataFrame:
+    """The consolidated CSV that circulates: an unnamed index, Hour, the .psv columns and
+    Patient_ID (written with `to_csv(index=True)`)."""
+    csv = canonical.drop(columns=["set"]).copy()
+    csv.insert(0, "Hour", csv.groupby(PATIENT).cumcount())
+    csv["Patient_ID"] = csv.pop(PATIENT).str[1:].astype(int)
+    return csv
 
 
 @pytest.mark.parametrize(
@@ -237,10 +242,7 @@ def test_windows_line_endings_are_read_like_unix_ones(small_psv_dir, tmp_path):
 
 
 def test_consolidated_csv_errors_name_the_csv_column(small_psv_dir, tmp_path):
-    reference = read_cohort(small_psv_dir).table.to_pandas()
-    csv = reference.drop(columns=["set"]).copy()
-    csv.insert(0, "Hour", csv.groupby(PATIENT).cumcount())
-    csv["Patient_ID"] = csv.pop(PATIENT).str[1:].astype(int)
+    csv = _consolidated(read_cohort(small_psv_dir).table.to_pandas())
     csv.loc[3, "SepsisLabel"] = 2  # data line 4 of the file (line 5 counting the header)
     csv.to_csv(tmp_path / "Dataset.csv", index=True)
     header = (tmp_path / "Dataset.csv").read_text().split("\n", 1)[0].split(",")
