@@ -60,3 +60,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def copy_to_storage(source: str | Path, target: str) -> None:
+    """Copy a folder (or a URI's contents) to `target`, a local path or a URI (s3://, gs://,
+    file://), creating the destination folder first: Arrow's `copy_files` does not, on a local
+    file system, for a folder without sub-folders. Raises OSError or ValueError on failure."""
+    import pyarrow.fs
+
+    if "://" not in target:
+        target = str(Path(target).resolve())
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(target)
+    filesystem.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(source), target)

@@ -206,3 +206,15 @@ def test_prepare_writes_ctgan_patients_when_asked(tmp_path, small_psv_dir):
     assert (cohort["source"] == "ctgan").sum() == report["env_cohort_ctgan"] == 25
     assert sum(report["env_cohort"].values()) == (cohort["source"] == "real").sum()
     assert "25 CTGAN-generated patients" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_copy_to_storage_creates_the_destination_for_a_flat_folder(tmp_path):
+    """Arrow's copy_files alone fails on a local destination for a folder without sub-folders
+    (what `run --upload` copies after each stage, and `tune` for `analysis/`)."""
+    from data_prep.outputs import copy_to_storage
+
+    stage = tmp_path / "evaluation"
+    stage.mkdir()
+    (stage / "evaluation.json").write_text("{}")
+    copy_to_storage(stage, (tmp_path / "shared" / "study" / "evaluation").as_uri())
+    assert (tmp_path / "shared" / "study" / "evaluation" / "evaluation.json").read_text() == "{}"

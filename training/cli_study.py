@@ -96,12 +96,12 @@ def run_cmd(
 
 def _upload(folder: Path, out: Path, upload: str) -> None:
     """Copy `folder` (the study, or one stage of it) to the same place under `upload`."""
-    import pyarrow.fs
+    from data_prep.outputs import copy_to_storage
 
     relative = Path(folder).resolve().relative_to(Path(out).resolve())
     target = upload.rstrip("/") + ("" if relative == Path(".") else f"/{relative.as_posix()}")
     try:
-        pyarrow.fs.copy_files(str(Path(folder).resolve()), target)
+        copy_to_storage(Path(folder).resolve(), target)
     except (OSError, ValueError) as err:
         raise fail(f"the upload of {folder} to {target} failed: {err}", 1) from None
 

@@ -224,10 +224,10 @@ def _local_copy(location: str) -> Iterator[Path]:
 
 
 def _copy(source: str, target: str) -> None:
-    import pyarrow.fs
+    from data_prep.outputs import copy_to_storage
 
     try:
-        pyarrow.fs.copy_files(source, target)
+        copy_to_storage(source, target)
     except (OSError, ValueError) as err:
         raise _fail(f"copying {source} to {target} failed: {err}", 1) from None
 
