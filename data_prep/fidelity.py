@@ -194,6 +194,16 @@ def skipped_report(n_held_out: int) -> dict:
     }
 
 
+def format_detectability(comparison: dict) -> str:
+    """'0.998 [0.994, 1.000]' for a `SampleComparison` as the report stores it (the interval is
+    left out for reports written before it existed)."""
+    auroc = comparison["detectability_auroc"]
+    if "detectability_ci" not in comparison:
+        return f"{auroc:.3f}"
+    low, high = comparison["detectability_ci"]
+    return f"{auroc:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def fidelity_verdict(report: dict) -> str:
     """One plain sentence on what the fidelity figures say (for summaries and the report)."""
     if "skipped" in report:

@@ -169,12 +169,15 @@ class CTGANOverSampler(BaseOverSampler):
 
     # -- fitting ---------------------------------------------------------------------------------
 
-    def _fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_batch_size(self) -> None:
         if self.batch_size % 10:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of 10 (CTGAN groups rows in "
                 "packs of 10); use e.g. 500."
             )
+
+    def _fit_resample(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._check_batch_size()
         X = np.asarray(X, dtype=float)
         rng = check_random_state(self.random_state)
         self._learn_columns(X)
@@ -201,8 +204,7 @@ class CTGANOverSampler(BaseOverSampler):
         """Train the GAN on every row of `X` as one class, without resampling: for generating
         whole new rows of a table that has no class to balance (e.g. the environment cohort's
         septic patients). Rows then come from `generate`, with the same clipping and rounding."""
-        if self.batch_size % 10:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of 10")
+        self._check_batch_size()
         if len(X) < 2:
             raise ValueError(f"{len(X)} row(s); CTGAN needs at least 2 rows to learn from")
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)

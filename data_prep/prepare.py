@@ -124,9 +124,9 @@ def prepare(
     env_cohort = add_ctgan_patients(
         env_cohort, options.env_ctgan_patients, options.env_ctgan_epochs, seed=options.seed
     )
-    report["env_cohort"] = env_cohort[env_cohort["source"] == "real"].groupby("split").size()
-    report["env_cohort"] = report["env_cohort"].to_dict()
-    report["env_cohort_ctgan"] = int((env_cohort["source"] == "ctgan").sum())
+    real = env_cohort["source"] == "real"
+    report["env_cohort"] = env_cohort[real].groupby("split").size().to_dict()
+    report["env_cohort_ctgan"] = int((~real).sum())
     report["environment"] = {"python": platform.python_version(), "pandas": pd.__version__}
     report["seconds"] = round(time.perf_counter() - started, 2)
 

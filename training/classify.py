@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from imblearn.pipeline import Pipeline
 
-from data_prep.fidelity import fidelity_report, fidelity_verdict
+from data_prep.fidelity import fidelity_report, fidelity_verdict, format_detectability
 from data_prep.outputs import staged_directory, write_json_atomic
 from training.classifiers import (
     MODEL_LABELS,
@@ -711,11 +711,6 @@ def fidelity_markdown(report: dict) -> str:
     if "skipped" in report:
         return f"# CTGAN fidelity\n\n{fidelity_verdict(report)}\n"
     syn, ref = report["synthetic"], report["reference_real"]
-
-    def auroc(cmp: dict) -> str:
-        low, high = cmp["detectability_ci"]
-        return f"{cmp['detectability_auroc']:.3f} [{low:.3f}, {high:.3f}]"
-
     rows = [
         ("rows compared", syn["n_rows"], ref["n_rows"] if ref else "-"),
         ("mean KS over features", f"{syn['ks_mean']:.3f}", f"{ref['ks_mean']:.3f}" if ref else "-"),
@@ -727,8 +722,8 @@ def fidelity_markdown(report: dict) -> str:
         ),
         (
             "detectability AUROC [95% CI] (0.5 ideal)",
-            auroc(syn),
-            auroc(ref) if ref else "-",
+            format_detectability(syn),
+            format_detectability(ref) if ref else "-",
         ),
     ]
     lines = [

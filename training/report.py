@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from data_prep.fidelity import fidelity_verdict
+from data_prep.fidelity import fidelity_verdict, format_detectability
 from data_prep.outputs import write_json_atomic
 from training.report_doc import (
     Bullets,
@@ -389,10 +389,7 @@ def _fidelity(out: Path) -> Section:
     def value(cmp: dict, key: str) -> str:
         if key not in cmp:
             return "n/a"
-        if key == "detectability_auroc" and "detectability_ci" in cmp:
-            low, high = cmp["detectability_ci"]
-            return f"{cmp[key]:.3f} [{low:.3f}, {high:.3f}]"
-        return f"{cmp[key]:.3f}"
+        return format_detectability(cmp) if key == "detectability_auroc" else f"{cmp[key]:.3f}"
 
     measures = (
         ("ks_mean", "mean Kolmogorov-Smirnov statistic per feature", "0"),

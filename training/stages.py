@@ -81,10 +81,3 @@ class Stage:
         if self.started is None:
             self.started = time.perf_counter()
         (self.directory / STAGE_RECORD).unlink(missing_ok=True)
-
-    def record(self) -> dict[str, Any]:
-        """What `mark_done` wrote ({} when the stage has not finished)."""
-        try:
-            return json.loads((self.directory / STAGE_RECORD).read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}

@@ -151,6 +151,11 @@ def run_study(
     def stage(name: str, key_parts: dict) -> Stage:
         return Stage(name, out / name, fingerprint({"v": STUDY_VERSION, **key_parts}))
 
+    def ran_stage(stage: Stage) -> None:
+        ran.append(stage.name)
+        if stage_done:
+            stage_done(stage.directory)
+
     def fresh(stage: Stage) -> None:
         """Empty a stage's folder before it reruns: its old outputs were made from other
         inputs, and none of them may survive next to the new ones (e.g. a GAN report of an
@@ -168,9 +173,7 @@ def run_study(
             notify(f"[raw] generating {options.patients:,} synthetic stays")
             fresh(raw)
             _synthesise(raw, options)
-            ran.append("raw")
-            if stage_done:
-                stage_done(raw.directory)
+            ran_stage(raw)
         input_path, input_key = raw.directory / "psv", raw.key
     else:
         input_path, input_key = Path(data), files_fingerprint(Path(data))
@@ -185,9 +188,7 @@ def run_study(
         notify(f"[prepared] reading and preparing {input_path}")
         fresh(prepared)
         _prepare(prepared, input_path, options, progress)
-        ran.append("prepared")
-        if stage_done:
-            stage_done(prepared.directory)
+        ran_stage(prepared)
 
     # 3. Classifiers.
     classify = stage(
@@ -205,9 +206,7 @@ def run_study(
         notify("[classify] training classifiers with and without oversampling")
         fresh(classify)
         _classify(classify, prepared.directory, options, progress)
-        ran.append("classify")
-        if stage_done:
-            stage_done(classify.directory)
+        ran_stage(classify)
 
     # 4. Reinforcement learning.
     rl_options = _rl_options(options, prepared.directory)
@@ -222,9 +221,7 @@ def run_study(
         notify("[rl] training the Dueling Double DQN on Ray RLlib")
         rl.invalidate()  # starts the stage's clock; _train decides whether to resume
         _train(rl, rl_options, notify)
-        ran.append("rl")
-        if stage_done:
-            stage_done(rl.directory)
+        ran_stage(rl)
 
     # 5. Evaluation on test patients.
     evaluation = stage(
@@ -236,9 +233,7 @@ def run_study(
         notify(f"[evaluation] {options.evaluation_episodes:,} paired episodes per policy")
         fresh(evaluation)
         _evaluate(evaluation, rl.directory, prepared.directory, options)
-        ran.append("evaluation")
-        if stage_done:
-            stage_done(evaluation.directory)
+        ran_stage(evaluation)
 
     # 6. The report (cheap: always rebuilt from the stage outputs).
     from training.report import write_report
