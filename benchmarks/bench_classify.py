@@ -25,7 +25,7 @@ FULL_COHORT = 40_336
 NONE_TARGET_S = 3 * 60
 ALL_TARGET_S = 20 * 60
 SAMPLE_EVERY_S = 0.2
-CLI = [sys.executable, "-m", "training.cli"]
+CLI = [sys.executable, "-m", "sepsis_rl.cli"]
 
 
 def _tree_rss_bytes(root: int) -> int:

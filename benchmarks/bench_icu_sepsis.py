@@ -1,8 +1,8 @@
 """How fast does the project's DQN learn a known optimum? The ICU-Sepsis benchmark MDP.
 
-Trains with the project's own pipeline (`build_dqn_config` + `rl_train.train`, the same code as
-`sepsis-rl train --env icu-sepsis --config training/configs/icu_sepsis.yaml`) for up to 1M env
-steps. Every evaluation values the greedy policy exactly from the shipped transition matrices
+Trains with the project's own pipeline (`build_dqn_config` + `training.rl.train.train`, the same
+code as `sepsis-rl train --env icu-sepsis --config training/configs/icu_sepsis.yaml`) for up to
+1M env steps. Every evaluation values the greedy policy exactly from the shipped transition matrices
 (no sampling), so the learning curve has no evaluation noise. Prints exact value against env
 steps and wall time, the steps and time at which the target (0.86) is first reached, and saves
 the learning curve as a PNG.
@@ -43,8 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from sepsis_env import icu_sepsis
-    from training.rl_config import load_options
-    from training.rl_icu_sepsis import (
+    from training.rl.icu_sepsis import (
         env_settings,
         evaluate_checkpoint,
         exact_learning_curve,
@@ -52,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_exact_learning_curve,
         restricted_optimum,
     )
-    from training.rl_train import train
+    from training.rl.options import load_options
+    from training.rl.train import train
 
     try:
         icu_sepsis.require_icu_sepsis()

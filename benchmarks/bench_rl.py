@@ -33,7 +33,8 @@ def throughput(num_env_runners: int, iterations: int, seed: int) -> dict[str, fl
     """
     from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 
-    from training.rl_config import RLOptions, build_dqn_config, configure_learner_process
+    from training.rl.dqn import build_dqn_config, configure_learner_process
+    from training.rl.options import RLOptions
 
     options = RLOptions(
         num_env_runners=num_env_runners,
@@ -84,9 +85,10 @@ def throughput(num_env_runners: int, iterations: int, seed: int) -> dict[str, fl
 
 def time_to_protocol(budget_s: float, seed: int) -> dict[str, float]:
     """Train with the default options, the greedy policy evaluated after every iteration on the
-    2,000 fixed validation episodes (paired with the protocol, `training.rl_validation`)."""
-    from training.rl_config import RLOptions, build_dqn_config, configure_learner_process
-    from training.rl_train import metrics_of
+    2,000 fixed validation episodes (paired with the protocol, `training.rl.validation`)."""
+    from training.rl.dqn import build_dqn_config, configure_learner_process
+    from training.rl.options import RLOptions
+    from training.rl.results import metrics_of
 
     options = RLOptions(seed=seed, evaluation_interval=1)
     start = time.monotonic()

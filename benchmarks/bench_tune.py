@@ -110,7 +110,7 @@ def bench_classifiers(data: Path, work: Path, trials: int) -> dict:
 
 
 def bench_rl(work: Path, trials: int, env: str = "CartPole-v1") -> dict:
-    from training.rl_config import RLOptions
+    from training.rl.options import RLOptions
     from tuning.rl_search import RLSearch, run_rl_search, run_trial
 
     sepsis = env.startswith("SepsisEnv")
@@ -163,7 +163,7 @@ def main() -> None:
 
     import ray
 
-    from tuning.runner import init_ray
+    from sepsis_rl.common.ray_local import init_ray
 
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         work = Path(tmp)

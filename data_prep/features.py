@@ -24,7 +24,6 @@ from data_prep.seeding import rng_for
 
 DEFAULT_MAX_WINDOW_H = 24
 FEATURE_STATS = ("mean", "min", "max", "last", "std", "trend", "frac_obs")
-DEMOGRAPHIC_FEATURES = ("Age", "Gender", "Unit1", "Unit2", "unit_known", "HospAdmTime")
 ROW = "_row"  # positional row id of the raw hourly table, carried through cleaning
 
 

@@ -33,10 +33,11 @@ from data_prep.features import (
     feature_windows,
     window_rows,
 )
-from data_prep.outputs import staged_directory, write_json_atomic
 from data_prep.reader import Progress, read_cohort
 from data_prep.schema import LABEL, MEASUREMENTS, PATIENT
-from data_prep.split import DEFAULT_FRACTIONS, patient_labels, split_patients
+from data_prep.split import DEFAULT_FRACTIONS, SPLITS, patient_labels, split_patients
+from sepsis_rl.common.files import staged_directory, write_json_atomic
+from sepsis_rl.common.markdown import markdown_table
 
 HOURLY_FILE = "hourly.parquet"
 SPLIT_FILE = "split.csv"
@@ -238,12 +239,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"Input: `{report['input']['path']}` ({report['input']['kind']}, "
         f"{report['input']['files']} files or patients).",
         "",
-        "| stage | rows | rows labelled 1 | patients | septic patients |",
-        "|---|---|---|---|---|",
-        f"| read | {raw['rows']:,} | {raw['rows_label_1']:,} | {raw['patients']:,} | "
-        f"{raw['septic_patients']:,} |",
-        f"| after outliers ({cleaning['outlier_mode']}) | {after['rows']:,} | "
-        f"{after['rows_label_1']:,} | {after['patients']:,} | {after['septic_patients']:,} |",
+        markdown_table(
+            ["stage", "rows", "rows labelled 1", "patients", "septic patients"],
+            [
+                _stage_row("read", raw),
+                _stage_row(f"after outliers ({cleaning['outlier_mode']})", after),
+            ],
+        ),
         "",
         f"- Skipped files: {len(report['skipped'])}"
         + "".join(f"\n  - `{s['path']}`: {s['reason']}" for s in report["skipped"][:20]),
@@ -278,15 +280,27 @@ def summary_markdown(report: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "| split | patients (non-septic / septic) | with features (non-septic / septic) |",
-        "|---|---|---|",
+        markdown_table(
+            ["split", "patients (non-septic / septic)", "with features (non-septic / septic)"],
+            [
+                _split_row(name, report["split"], windows["patients_with_features"])
+                for name in SPLITS
+            ],
+        ),
     ]
-    split, feats = report["split"], windows["patients_with_features"]
-    for name in ("train", "val", "test"):
-        counts = [split.get(k, {}).get(name, 0) for k in (0, 1)]
-        with_features = [feats.get(k, {}).get(name, 0) for k in (0, 1)]
-        lines.append(
-            f"| {name} | {counts[0]:,} / {counts[1]:,} | "
-            f"{with_features[0]:,} / {with_features[1]:,} |"
-        )
     return "\n".join(lines) + "\n"
+
+
+def _stage_row(stage: str, counts: dict[str, int]) -> list[str]:
+    keys = ("rows", "rows_label_1", "patients", "septic_patients")
+    return [stage, *(f"{counts[key]:,}" for key in keys)]
+
+
+def _split_row(split: str, patients: dict, with_features: dict) -> list[str]:
+    """The split's patients and those with features, each as 'non-septic / septic'."""
+    return [split, _by_label(patients, split), _by_label(with_features, split)]
+
+
+def _by_label(counts: dict, split: str) -> str:
+    """'1,609 / 141': patients of `split` without and with sepsis, from label -> split -> count."""
+    return " / ".join(f"{counts.get(label, {}).get(split, 0):,}" for label in (0, 1))

@@ -9,6 +9,7 @@ from gymnasium.envs.registration import register, registry
 from sepsis_env.env import (
     ACTION_NAMES,
     AGE_GROUPS,
+    MAX_EPISODE_STEPS,
     OBS_HIGH,
     OBS_INDEX,
     OBS_LOW,
@@ -20,9 +21,7 @@ from sepsis_env.env import (
     age_group,
     organ_score,
 )
-
-ENV_ID = "SepsisEnv-v0"
-MAX_EPISODE_STEPS = 30
+from sepsis_env.ids import SEPSIS_ENV_ID as ENV_ID
 
 if ENV_ID not in registry:
     register(

@@ -39,6 +39,8 @@ OBS_UNITS: tuple[str, ...] = (
     "bpm", "%", "mmHg", "mmHg", "mmHg", "/min", "degC", "mmol/L", "years",
     "0/1", "0/1", "0/1", "h", "h", "h", "h",
 )  # fmt: skip
+MAX_EPISODE_STEPS = 30
+"""Decisions per episode: the time limit of the registered id (5 days at the default 4 h step)."""
 HOURS_OBS_MAX = 720.0  # 30 days; hour counters are reported up to this value
 OBS_LOW = np.array(
     [20, 50, 10, 5, 10, 4, 33, 0.1, 18, 0, 0, 0, 0, 0, 0, 0], dtype=np.float32
@@ -77,20 +79,24 @@ ACTION_COST = tuple(
 )
 """Treatment cost of each action (the sum of its treatments' costs)."""
 # Organ-dysfunction score from the observation (SOFA-like, 0-11 points): one point per threshold.
-SCORE_MAP_MMHG = (70.0, 60.0, 50.0)  # SOFA cardiovascular: MAP < 70
-SCORE_SPO2_PCT = (94.0, 90.0, 85.0)  # below the oxygen target, hypoxaemia, severe
-SCORE_LACTATE_MMOL_L = (2.0, 4.0, 8.0)  # Sepsis-3 (> 2) and severe hyperlactataemia
-SCORE_RESP_PER_MIN = (22.0, 30.0)  # tachypnoea (qSOFA counts >= 22) and fatigue (> 30)
+# Thresholds the physiology also uses are read from it (hypoxaemia, Sepsis-3 lactate, fatigue).
+SCORE_MAP_MMHG = (70.0, 60.0, 50.0)  # mmHg; SOFA cardiovascular: MAP < 70
+SCORE_SPO2_PCT = (94.0, ph.SPO2_HYPOXAEMIA_PCT, 85.0)  # %; below oxygen target, hypoxaemia, severe
+SCORE_LACTATE_MMOL_L = (ph.LACTATE_STABLE_MMOL_L, 4.0, 8.0)  # Sepsis-3 (> 2), severe (> 4, > 8)
+SCORE_RESP_PER_MIN = (22.0, ph.RESP_FATIGUE_PER_MIN)  # tachypnoea (qSOFA >= 22), fatigue (> 30)
 
 # --- Reward, mode "guideline": the original study's rule and rewards, as issue 3 states them -----
 GUIDELINE_MATCH_REWARD = 3.0
 GUIDELINE_MISMATCH_REWARD = -2.0
 GUIDELINE_IDLE_REWARD = 0.0  # no recommendation and no treatment
 GUIDELINE_UNNEEDED_REWARD = -1.0  # no recommendation but some treatment
-GUIDELINE_RESP_SEVERE = 30.0
-GUIDELINE_RESP_HIGH = 20.0
-GUIDELINE_SPO2_LOW = 92.0
-GUIDELINE_SBP_LOW, GUIDELINE_DBP_LOW, GUIDELINE_MAP_LOW = 90.0, 60.0, 65.0
+# The study's thresholds, written out as it published them: some equal the physiology's targets
+# (SpO2 92 %, MAP 65 mmHg) but are deliberately not tied to them, so that the reproduced rule does
+# not move when the simulator's physiology is changed.
+GUIDELINE_RESP_SEVERE = 30.0  # /min
+GUIDELINE_RESP_HIGH = 20.0  # /min
+GUIDELINE_SPO2_LOW = 92.0  # %
+GUIDELINE_SBP_LOW, GUIDELINE_DBP_LOW, GUIDELINE_MAP_LOW = 90.0, 60.0, 65.0  # mmHg
 # Adding vasopressors to a recommendation: none -> 3, 1 -> 5, 2 -> 6, 4 -> 7.
 GUIDELINE_ADD_VASOPRESSORS = {None: 3, 1: 5, 2: 6, 4: 7}
 
@@ -334,7 +340,8 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
     | 7   | oxygen + ventilation + vasopressors |
 
     An action sets the treatments for the coming interval; a treatment not in the action is
-    stopped.
+    stopped. Anything `action_space.contains` rejects (out of range, not an integer) raises
+    ValueError naming the action; the vector env also names the sub-environment.
 
     ## Observation Space
 
@@ -500,9 +507,12 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self._values:
             raise RuntimeError("call reset() before step()")
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action {action!r} ({type(action).__name__}) is not in {self.action_space}: "
+                f"pass an integer from 0 to {self.action_space.n - 1} (ACTION_NAMES)"
+            )
         a = int(action)
-        if not 0 <= a < 8:
-            raise ValueError(f"action {action!r} is not in Discrete(8)")
         u = self._take()
         p = self.patient
         oxygen = ph.OXYGEN_OF_ACTION[a]
@@ -511,7 +521,7 @@ class SepsisEnv(gym.Env[np.ndarray, np.int64]):
         death_p, died, mean_ap, spo2, resp = ph.advance(
             p, oxygen, ventilation, vasopressors, u, self.step_hours, max, min
         )
-        discharged = (not died) and p.stable_hours >= ph.DISCHARGE_STABLE_HOURS
+        discharged = (not died) and ph.discharge_ready(p)
         previous, previous_score = self._values, self._score
         obs = self._observe(mean_ap, spo2, resp, ph.noise(u, ph.U_NOISE))
         if self.reward_mode == "outcome":
@@ -576,7 +586,7 @@ class SepsisVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        max_episode_steps: int = 30,
+        max_episode_steps: int = MAX_EPISODE_STEPS,
         cohort: Any = None,
         split: str | None = None,
         reward_mode: str = "outcome",
@@ -683,7 +693,10 @@ class SepsisVectorEnv(VectorEnv):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if not self._generators:
             raise RuntimeError("call reset() before step()")
-        actions = np.asarray(actions, dtype=np.int64)
+        actions = np.asarray(actions)
+        if not self.action_space.contains(actions):
+            raise ValueError(self._invalid_actions(actions))
+        actions = actions.astype(np.int64, copy=False)
         restart = self._prev_done
         u = self._take()  # a step record for most copies, a reset record for `restart` ones
         p = self.patient
@@ -693,7 +706,7 @@ class SepsisVectorEnv(VectorEnv):
         death_p, died, mean_ap, spo2, resp = ph.advance(
             p, oxygen, ventilation, vasopressors, u, self.step_hours, np.maximum, np.minimum
         )
-        discharged = (p.stable_hours >= ph.DISCHARGE_STABLE_HOURS) & ~died
+        discharged = ph.discharge_ready(p) & ~died
         previous, previous_scores = self._obs_t.T, self._scores
         e = ph.noise_batch(u, ph.U_NOISE)
         if restart.any():
@@ -730,6 +743,26 @@ class SepsisVectorEnv(VectorEnv):
         self._prev_done = terminated | truncated
         obs = self._obs_t.T.copy(order="K")
         return obs, reward, terminated, truncated, self._info(outcome, death_p)
+
+    def _invalid_actions(self, actions: np.ndarray) -> str:
+        """What is wrong with `actions`, which `self.action_space` does not contain."""
+        n = self.single_action_space.n
+        expected = (
+            f"pass an array of shape ({self.num_envs},) with one integer from 0 to {n - 1} "
+            "(ACTION_NAMES) per sub-environment"
+        )
+        if actions.shape != self.action_space.shape:
+            return (
+                f"actions of shape {actions.shape} for {self.num_envs} sub-environments: {expected}"
+            )
+        bad = np.flatnonzero(~np.isin(actions, np.arange(n)))
+        if len(bad) == 0:  # every value is an action, but not stored as an integer
+            return f"actions of dtype {actions.dtype} are not integers: {expected}"
+        i = int(bad[0])
+        return (
+            f"action {actions[i].item()!r} of sub-environment {i} is not in "
+            f"{self.single_action_space}: {expected}"
+        )
 
     def _info(self, outcome: np.ndarray, death_p: np.ndarray | None) -> dict[str, Any]:
         p = self.patient

@@ -35,16 +35,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import register, registry
 
+from sepsis_env.ids import (
+    ICU_SEPSIS_ENV_ID,
+    ICU_SEPSIS_GYM_ID,
+)
+
 INSTALL_HINT = 'pip install -e ".[icu-sepsis]"'
 """How to install the optional dependency (the `icu-sepsis` extra of this project)."""
 
-ENV_ID = "ICUSepsis-v0"
+ENV_ID = ICU_SEPSIS_ENV_ID
 """Gymnasium id of `ICUSepsisBenchmarkEnv` (registered when this module is imported)."""
-GYM_ID = f"{__name__}:{ENV_ID}"
-"""The id in Gymnasium's `module:EnvId` form: `gymnasium.make` imports this module first, so the
-id resolves in any process, RLlib's env runners included."""
-ENV_ALIASES = {"icu-sepsis": GYM_ID}
-"""Short names the command line accepts for `--env`."""
+GYM_ID = ICU_SEPSIS_GYM_ID
+"""The id in Gymnasium's `module:EnvId` form (see `sepsis_env.ids`)."""
 
 NUM_STATES = 716
 NUM_ACTIONS = 25
@@ -73,10 +75,6 @@ INADMISSIBLE_STRATEGIES = ("mean", "terminate", "raise_exception")
 """The package's options for inadmissible actions (`inadmissible_action_strategy`)."""
 DEFAULT_INADMISSIBLE_STRATEGY = "mean"
 """The package's default, and the mode every published baseline number was computed in."""
-
-PUBLISHED_VALUES = {"random": 0.78, "expert": 0.78, "optimal": 0.88}
-"""Average returns in the package's README (two decimals); value iteration on the shipped
-matrices gives 0.8751 for the optimum and 0.7801 for the uniformly random policy."""
 
 TARGET_VALUE = 0.86
 """This project's target for the learned policy's exact value (84% of the random-to-optimal gap)."""
@@ -108,18 +106,6 @@ def icu_sepsis_available() -> bool:
     except ICUSepsisNotInstalledError:
         return False
     return True
-
-
-def resolve_env_id(env_id: str) -> str:
-    """The Gymnasium id behind a command-line `--env` value (aliases resolved)."""
-    return ENV_ALIASES.get(env_id, env_id)
-
-
-def is_icu_sepsis(env_id: str | None) -> bool:
-    """Whether `env_id` (an alias, the bare id or the `module:` id) names this benchmark."""
-    if not env_id:
-        return False
-    return resolve_env_id(env_id).split(":")[-1] == ENV_ID
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ MAP_TARGET_MMHG = 65.0  # Surviving Sepsis Campaign 2021: initial MAP target 65 
 AUTOREGULATION_SHIFT_FROM_YEARS = 50.0  # years; younger organs autoregulate down to 65 mmHg
 AUTOREGULATION_SHIFT_PER_YEAR = 0.15  # mmHg per year: 69.5 mmHg at 80 years
 SPO2_HYPOXAEMIA_PCT = 90.0  # SpO2 below 90 % ~ PaO2 < 60 mmHg: tissue hypoxia, organ damage accrues
-SPO2_STABLE_PCT = 92.0  # SpO2 needed to leave the ICU (BTS oxygen guideline target 92-96 %)
+SPO2_STABLE_PCT = 92.0  # SpO2 needed to leave the ICU (TSANZ 2015 oxygen target 92-96 %)
 RESP_FATIGUE_PER_MIN = 30.0  # breathing rate above which respiratory muscles fatigue (qSOFA > 22)
 RESP_STABLE_PER_MIN = 24.0  # breathing rate compatible with ward care
 LACTATE_STABLE_MMOL_L = 2.0  # Sepsis-3 septic-shock lactate threshold (> 2 mmol/L)
@@ -190,12 +190,14 @@ AGE_FRAILTY_PER_YEAR = 0.03  # damage accrual and death hazard, +30 % per decade
 INFECTION0_BASE = 0.3  # burden of the mildest patient
 INFECTION0_SPREAD = 0.55  # + uniform spread: vitals at the label window lag the infection
 INFECTION0_PER_LACTATE = 0.08  # per mmol/L of lactate above 2
+INFECTION0_LACTATE_REF_MMOL_L = 2.0  # mmol/L; a higher starting lactate means a heavier infection
 INFECTION0_PER_HYPOTENSION = 0.006  # per mmHg of MAP below 75
 INFECTION0_MAP_REF_MMHG = 75.0  # mmHg; a lower starting MAP means a heavier infection
 VASOPLEGIA0_EXPRESSED_MIN = 0.3  # share of the eventual vasoplegia already present at admission
 VASOPLEGIA0_EXPRESSED_SPREAD = 0.5  # + uniform spread of that share
 LUNG_SUSCEPTIBILITY_MAX = 1.2  # lung injury per unit infection for the most susceptible patient
 DAMAGE0_PER_LACTATE = 0.12  # starting damage per mmol/L of lactate above 1.5
+DAMAGE0_LACTATE_REF_MMOL_L = 1.5  # mmol/L; lactate below this adds no starting damage
 DAMAGE0_RANDOM = 0.6  # + uniform spread of unobserved comorbid organ dysfunction
 PULSE_PRESSURE_MIN_MMHG, PULSE_PRESSURE_MAX_MMHG = 25.0, 80.0  # SBP - DBP kept in this range
 HR_BASE_MIN_BPM, HR_BASE_MAX_BPM = 50.0, 110.0  # heart rate without inflammation or drugs
@@ -305,10 +307,10 @@ def admission_constants(table: np.ndarray) -> np.ndarray:
         map0,
         # Infection burden before the random part: more for high lactate and low MAP.
         INFECTION0_BASE
-        + INFECTION0_PER_LACTATE * mx(lactate0 - 2.0, 0.0)
+        + INFECTION0_PER_LACTATE * mx(lactate0 - INFECTION0_LACTATE_REF_MMOL_L, 0.0)
         + INFECTION0_PER_HYPOTENSION * mx(INFECTION0_MAP_REF_MMHG - map0, 0.0),
         mn(mx(SPO2_HEALTHY_PCT - spo2_0, 0.0) / SPO2_DROP_PER_LUNG_PCT, 1.0),
-        DAMAGE0_PER_LACTATE * mx(lactate0 - 1.5, 0.0),
+        DAMAGE0_PER_LACTATE * mx(lactate0 - DAMAGE0_LACTATE_REF_MMOL_L, 0.0),
         lactate0,
         hr0,
         mn(mx(temp0, TEMP_MIN_C), TEMP_MAX_C),
@@ -482,7 +484,9 @@ def advance(
 
 
 def discharge_ready(p: Patient) -> Num:
-    """True when the patient has been stable off ventilation and vasopressors long enough."""
+    """Whether the patient has been stable off ventilation and vasopressors for
+    `DISCHARGE_STABLE_HOURS` (the count `advance` keeps): a bool for one patient, a bool array
+    for a batch. The environment discharges a patient who is ready and did not die in the step."""
     return p.stable_hours >= DISCHARGE_STABLE_HOURS
 
 

@@ -18,7 +18,6 @@ batch of observations per step; `per_row` adapts a per-observation policy to it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +29,15 @@ from sepsis_env.env import ACTION_NAMES, AGE_GROUPS, OBS_INDEX, OUTCOMES, age_gr
 from sepsis_env.physiology import (
     MAP_TARGET_MMHG,
     OXYGEN_OF_ACTION,
+    RESP_FATIGUE_PER_MIN,
+    SPO2_STABLE_PCT,
     VASOPRESSOR_MAP_GAIN_MMHG,
     VASOPRESSORS_OF_ACTION,
     VENTILATION_OF_ACTION,
     age_response,
     perfusion_map,
 )
+from sepsis_rl.common.intervals import Interval, format_interval, mean_interval, proportion_interval
 
 Policy = Callable[[np.ndarray, np.random.Generator], int]
 BatchPolicy = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -65,6 +67,16 @@ ON_OXYGEN, ON_VENT, ON_VASO = (
 VENT_HOURS = OBS_INDEX["ventilation_hours"]
 
 
+# --- Thresholds of the clinician protocol --------------------------------------------------------
+# The clinical thresholds it shares with the physiology are read from there (MAP_TARGET_MMHG,
+# SPO2_STABLE_PCT, RESP_FATIGUE_PER_MIN); these are the protocol's own.
+SPO2_OXYGEN_WEAN_PCT = 96.0  # %: top of the 92-96 % SpO2 target (SPO2_STABLE_PCT): oxygen off
+SPO2_VENTILATE_BELOW_PCT = 88.0  # %: below the ARDSNet oxygenation goal (SpO2 88-95 %): intubate
+SPO2_VENTILATION_WEAN_PCT = 95.0  # %: top of the ARDSNet goal: the ventilator can be weaned
+VENTILATION_MIN_HOURS = 24.0  # h: first daily spontaneous breathing trial (Girard 2008, ABC trial)
+MAP_VASOPRESSOR_WEAN_MMHG = 80.0  # mmHg: SEPSISPAM's high target (80-85), more than organs need
+
+
 # --- Baselines -----------------------------------------------------------------------------------
 def random_policy(obs: np.ndarray, rng: np.random.Generator) -> int:
     """Uniformly random action."""
@@ -92,14 +104,14 @@ class ClinicianProtocol:
       once the MAP on vasopressors is >= `vasopressors_wean_at`.
     """
 
-    oxygen_below: float = 92.0  # BTS: target SpO2 92-96 %
-    oxygen_wean_at: float = 96.0
-    ventilate_below: float = 88.0
-    ventilate_resp_above: float = 30.0
-    ventilation_min_hours: float = 24.0  # first spontaneous breathing trial after a day
-    ventilation_wean_at: float = 95.0
+    oxygen_below: float = SPO2_STABLE_PCT  # bottom of the SpO2 target 92-96 %
+    oxygen_wean_at: float = SPO2_OXYGEN_WEAN_PCT
+    ventilate_below: float = SPO2_VENTILATE_BELOW_PCT
+    ventilate_resp_above: float = RESP_FATIGUE_PER_MIN
+    ventilation_min_hours: float = VENTILATION_MIN_HOURS
+    ventilation_wean_at: float = SPO2_VENTILATION_WEAN_PCT
     vasopressors_below: float = MAP_TARGET_MMHG
-    vasopressors_wean_at: float = 80.0
+    vasopressors_wean_at: float = MAP_VASOPRESSOR_WEAN_MMHG
 
     def __call__(self, obs: np.ndarray, rng: np.random.Generator) -> int:
         spo2, mean_ap, resp = obs[SPO2], obs[MAP], obs[RESP]
@@ -165,31 +177,6 @@ BASELINES: dict[str, Policy] = {
 
 
 # --- Evaluation ----------------------------------------------------------------------------------
-Z_95 = 1.959963984540054
-
-
-def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-    """(mean, lower, upper) normal-approximation 95 % interval of the mean."""
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0:
-        return (math.nan, math.nan, math.nan)
-    m = float(x.mean())
-    half = Z_95 * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else math.nan
-    return (m, m - half, m + half)
-
-
-def proportion_ci(hits: np.ndarray) -> tuple[float, float, float]:
-    """(rate, lower, upper) Wilson 95 % interval of a proportion."""
-    n = len(hits)
-    if n == 0:
-        return (math.nan, math.nan, math.nan)
-    p = float(np.mean(hits))
-    denom = 1 + Z_95**2 / n
-    centre = (p + Z_95**2 / (2 * n)) / denom
-    half = Z_95 * math.sqrt(p * (1 - p) / n + Z_95**2 / (4 * n * n)) / denom
-    return (p, centre - half, centre + half)
-
-
 @dataclass
 class Evaluation:
     """Per-episode results of one policy; episode i is the same patient and random stream for
@@ -222,24 +209,25 @@ class Evaluation:
     def age_group(self) -> np.ndarray:
         return np.array([age_group(a) for a in self.age])
 
-    def metrics(self, mask: np.ndarray | None = None) -> dict[str, tuple[float, float, float]]:
+    def metrics(self, mask: np.ndarray | None = None) -> dict[str, Interval]:
         """Mean return, survival, discharge and death rates, mean length and mean treatment
-        steps, each as (estimate, 95 % lower, 95 % upper), over the episodes in `mask`."""
+        steps, each as (estimate, 95 % lower, 95 % upper), over the episodes in `mask`: means
+        with `mean_interval`, rates with `proportion_interval`."""
         m = np.ones(len(self.returns), dtype=bool) if mask is None else mask
         steps = self.treatment_steps[m]
         return {
             "episodes": (float(m.sum()),) * 3,
-            "return": mean_ci(self.returns[m]),
-            "survival": proportion_ci(self.survived[m]),
-            "discharge": proportion_ci(self.discharged[m]),
-            "death": proportion_ci(self.died[m]),
-            "length": mean_ci(self.lengths[m]),
-            "oxygen_steps": mean_ci(steps[:, 0]),
-            "ventilation_steps": mean_ci(steps[:, 1]),
-            "vasopressor_steps": mean_ci(steps[:, 2]),
+            "return": mean_interval(self.returns[m]),
+            "survival": proportion_interval(self.survived[m]),
+            "discharge": proportion_interval(self.discharged[m]),
+            "death": proportion_interval(self.died[m]),
+            "length": mean_interval(self.lengths[m]),
+            "oxygen_steps": mean_interval(steps[:, 0]),
+            "ventilation_steps": mean_interval(steps[:, 1]),
+            "vasopressor_steps": mean_interval(steps[:, 2]),
         }
 
-    def summary(self) -> dict[str, dict[str, tuple[float, float, float]]]:
+    def summary(self) -> dict[str, dict[str, Interval]]:
         """`metrics` overall and per age group (`AGE_GROUPS` labels)."""
         groups = self.age_group
         out = {"overall": self.metrics()}
@@ -254,8 +242,7 @@ class Evaluation:
             n = int(metrics["episodes"][0])
             parts = [f"{name:>8} n={n:<5}"]
             for key in ("return", "survival", "discharge", "death", "length"):
-                est, lo, hi = metrics[key]
-                parts.append(f"{key} {est:.3f} [{lo:.3f}, {hi:.3f}]")
+                parts.append(f"{key} {format_interval(metrics[key])}")
             lines.append("  ".join(parts))
         return "\n".join(lines)
 
@@ -265,7 +252,7 @@ def evaluate(policy: Policy, env: gym.Env, episodes: int = 1000, seed: int = 0) 
 
     Two evaluations share episodes when their seeds are less than `episodes` apart; for an
     independent sample, keep the seeds at least `episodes` apart (the project evaluates test
-    patients from seed 0 and validation patients from `training.rl_validation.VALIDATION_SEED`).
+    patients from seed 0 and validation patients from `training.rl.validation.VALIDATION_SEED`).
 
     `env` should carry the time limit (make it with `gymnasium.make`). Returns per-episode
     arrays; use `Evaluation.summary()` for rates with 95 % CIs and `paired_difference` to compare
@@ -366,9 +353,10 @@ def evaluate_vector(policy: BatchPolicy, env: gym.vector.VectorEnv, seed: int = 
 
 def paired_difference(
     a: Evaluation, b: Evaluation, metric: str = "return", mask: np.ndarray | None = None
-) -> tuple[float, float, float]:
+) -> Interval:
     """Mean per-episode difference a - b of `metric` ("return", "survival", "discharge", "death",
-    "length") with a paired 95 % interval. Both must come from the same env and seed."""
+    "length") with a paired 95 % interval (`mean_interval` of the differences). Both must come
+    from the same env and seed."""
     if a.seed != b.seed or len(a.returns) != len(b.returns):
         raise ValueError("paired comparison needs evaluations with the same seed and episodes")
     if not np.array_equal(a.patient_index, b.patient_index):
@@ -381,4 +369,4 @@ def paired_difference(
         "length": lambda e: e.lengths.astype(float),
     }[metric]
     diff = values(a) - values(b)
-    return mean_ci(diff if mask is None else diff[mask])
+    return mean_interval(diff if mask is None else diff[mask])

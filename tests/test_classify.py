@@ -18,28 +18,20 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from training.classifiers import (
-    MODELS,
-    OVERSAMPLERS,
-    ClassifierSettings,
+from sepsis_rl.cli import app
+from training.classification.candidates import fit_candidate
+from training.classification.experiment import run_classification
+from training.classification.features import DataFolderError, load_features
+from training.classification.leakage import (
     LeakageError,
     RowRecorder,
-    build_pipeline,
     check_no_leakage,
     instrument,
     row_fingerprints,
 )
-from training.classify import (
-    ClassifyConfig,
-    DataFolderError,
-    FeatureMismatchError,
-    ModelFileError,
-    fit_candidate,
-    load_features,
-    load_model,
-    run_classification,
-)
-from training.cli import app
+from training.classification.model_file import FeatureMismatchError, ModelFileError, load_model
+from training.classification.models import MODELS, OVERSAMPLERS, ClassifierSettings, build_pipeline
+from training.classification.options import ClassifyConfig
 
 SMALL = ClassifierSettings(
     seed=3,
@@ -142,16 +134,25 @@ def test_saved_model_scores_like_the_fitted_one(run, table):
     assert model.feature_names == table.feature_names
     assert model.threshold == result.best.threshold
     features = table.frame[table.frame["split"] == "test"]
-    scores = model.score(features)
+    scores = model.predict_table(features)
     assert scores["patient_id"].tolist() == ids
     np.testing.assert_allclose(scores["probability"], result.best.test_scores)
     np.testing.assert_array_equal(
         scores["sepsis_predicted"], result.best.test_scores >= result.best.threshold
     )
     shuffled = features[list(reversed(features.columns))]  # column order does not matter
-    np.testing.assert_allclose(model.score(shuffled)["probability"], scores["probability"])
+    np.testing.assert_allclose(model.predict_table(shuffled)["probability"], scores["probability"])
     saved = load_model(out / "model").pipeline
     assert not any(hasattr(step, "fit_resample") for _, step in saved.steps)
+
+
+def test_score_is_a_deprecated_alias_of_predict_table(run, table):
+    _, out = run
+    model = load_model(out / "model")
+    features = table.frame[table.frame["split"] == "test"]
+    with pytest.deprecated_call(match="predict_table"):
+        scores = model.score(features)
+    pd.testing.assert_frame_equal(scores, model.predict_table(features))
 
 
 def test_scoring_with_the_wrong_features_says_what_is_wrong(run, table):
@@ -159,11 +160,11 @@ def test_scoring_with_the_wrong_features_says_what_is_wrong(run, table):
     model = load_model(out / "model")
     features = table.frame[table.frame["split"] == "test"]
     with pytest.raises(FeatureMismatchError, match="missing 1 column.*HR__mean"):
-        model.score(features.drop(columns=["HR__mean"]))
+        model.predict_table(features.drop(columns=["HR__mean"]))
     with pytest.raises(FeatureMismatchError, match="unexpected 1 column.*Lactate__max"):
-        model.score(features.assign(Lactate__max=1.0))
+        model.predict_table(features.assign(Lactate__max=1.0))
     with pytest.raises(FeatureMismatchError, match="missing values"):
-        model.score(features.assign(HR__mean=np.nan))
+        model.predict_table(features.assign(HR__mean=np.nan))
 
 
 def test_corrupt_or_missing_model_files_are_reported(run, tmp_path):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from training.metrics import (
+from training.classification.metrics import (
     METRICS,
+    UNDEFINED_MARK,
+    Estimate,
     bootstrap_weights,
     choose_threshold,
     evaluate,
@@ -121,3 +123,12 @@ def test_bootstrap_is_fast_enough_for_a_full_test_set():
     start = time.perf_counter()
     evaluate(y, scores, 0.5, n_boot=1000)
     assert time.perf_counter() - start < 30  # about 2 s on an idle core
+
+
+def test_an_interval_resting_on_too_few_draws_is_marked():
+    assert Estimate(0.5123, 0.4714, 0.5531).format() == "0.512 [0.471, 0.553]"
+    assert (
+        Estimate(0.5, 0.4, 0.6, undefined_share=0.2).format()
+        == f"0.500 [0.400, 0.600]{UNDEFINED_MARK}"
+    )
+    assert Estimate(float("nan"), 0.4, 0.6, undefined_share=0.2).format() == "n/a"

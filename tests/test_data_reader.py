@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from data_prep.reader import DataFormatError, read_cohort
 from data_prep.schema import HEADER, HEADER_LINE, PATIENT
-from training.cli import app
+from sepsis_rl.cli import app
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 SHARED_SAMPLE = SHARED_SAMPLE / "physionet2019_sample"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from data_prep.download import download, release_files
 from data_prep.synth import generate_cohort, write_psv_files
-from training.cli import app
+from sepsis_rl.cli import app
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

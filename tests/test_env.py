@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 
@@ -131,6 +132,48 @@ def test_pickled_env_with_a_frame_cohort_continues_identically(cohort: pd.DataFr
     copy = pickle.loads(pickle.dumps(env))
     for a in (3, 5, 0, 7):
         assert np.array_equal(env.step(a)[0], copy.step(a)[0])
+
+
+# --- Actions ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("action", [-1, 8, 2.5, np.int64(8)], ids=["-1", "8", "2.5", "int64-8"])
+def test_step_rejects_an_action_outside_discrete_8_and_names_it(
+    cohort: pd.DataFrame, action
+) -> None:
+    """Out of range or not an integer (2.5 used to be truncated to 2); the episode is untouched."""
+    env = gym.make("SepsisEnv-v0", cohort=cohort)
+    fresh = gym.make("SepsisEnv-v0", cohort=cohort)
+    env.reset(seed=0)
+    fresh.reset(seed=0)
+    with pytest.raises(ValueError, match=re.escape(f"action {action!r} (")):
+        env.step(action)
+    assert np.array_equal(env.step(3)[0], fresh.step(3)[0])
+
+
+VECTOR_ACTION_ERRORS = {
+    "-1": ([0, -1, 0, 0], r"action -1 of sub-environment 1 is not in Discrete\(8\)"),
+    "8": ([0, 0, 8, 0], r"action 8 of sub-environment 2 is not in Discrete\(8\)"),
+    "2.5": ([0, 0, 0, 2.5], r"action 2.5 of sub-environment 3 is not in Discrete\(8\)"),
+    "float": ([3.0, 3.0, 3.0, 3.0], r"dtype float64 are not integers"),
+    "one-for-all": ([3], r"shape \(1,\) for 4 sub-environments"),
+    "column": ([[3], [3], [3], [3]], r"shape \(4, 1\) for 4 sub-environments"),
+}
+
+
+@pytest.mark.parametrize("case", list(VECTOR_ACTION_ERRORS))
+def test_vector_step_rejects_invalid_actions_and_names_the_sub_environment(
+    cohort: pd.DataFrame, case: str
+) -> None:
+    """As the single env does (-1 used to become action 7 and 2.5 action 2; a wrong shape failed
+    deep inside the physiology); the rejected step leaves every copy untouched."""
+    actions, message = VECTOR_ACTION_ERRORS[case]
+    options = {"num_envs": 4, "vectorization_mode": "vector_entry_point", "cohort": cohort}
+    envs, fresh = gym.make_vec("SepsisEnv-v0", **options), gym.make_vec("SepsisEnv-v0", **options)
+    envs.reset(seed=0)
+    fresh.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        envs.step(np.array(actions))
+    valid = np.array([3, 5, 0, 7])
+    assert np.array_equal(envs.step(valid)[0], fresh.step(valid)[0])
 
 
 # --- Determinism and vector equivalence ---------------------------------------------------------

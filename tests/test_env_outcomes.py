@@ -16,10 +16,10 @@ from sepsis_env.policies import (
     clinician_protocol,
     evaluate,
     evaluate_vector,
-    mean_ci,
     paired_difference,
     per_row,
 )
+from sepsis_rl.common.intervals import mean_interval
 
 EPISODES = 2000
 SEED = 0
@@ -55,7 +55,7 @@ def test_untreated_shock_kills_at_least_twice_as_often_as_the_protocol(results) 
     assert shock.sum() >= 100
     assert untreated.died[shock].mean() >= 2 * protocol.died[shock].mean()
     # Not by chance: the paired 95 % interval of (untreated death - 2 x protocol death) is > 0.
-    _, low, _ = mean_ci(untreated.died[shock] - 2.0 * protocol.died[shock])
+    _, low, _ = mean_interval(untreated.died[shock] - 2.0 * protocol.died[shock])
     assert low > 0
 
 

@@ -64,7 +64,8 @@ def test_missing_package_error_says_how_to_install(monkeypatch) -> None:
         icu_sepsis.require_icu_sepsis()
     assert not icu_sepsis.icu_sepsis_available()
     # Training says so in the driver, before env runners fail on it; other envs are unaffected.
-    from training.rl_config import RLOptions, build_dqn_config
+    from training.rl.dqn import build_dqn_config
+    from training.rl.options import RLOptions
 
     with pytest.raises(ICUSepsisNotInstalledError, match="icu-sepsis"):
         build_dqn_config(RLOptions(env="icu-sepsis"))
@@ -72,10 +73,14 @@ def test_missing_package_error_says_how_to_install(monkeypatch) -> None:
 
 
 def test_alias_and_ids_name_the_benchmark() -> None:
-    assert icu_sepsis.resolve_env_id("icu-sepsis") == GYM_ID
-    assert icu_sepsis.resolve_env_id("CartPole-v1") == "CartPole-v1"
-    assert all(icu_sepsis.is_icu_sepsis(name) for name in ("icu-sepsis", GYM_ID, "ICUSepsis-v0"))
-    assert not icu_sepsis.is_icu_sepsis("SepsisEnv-v0")
+    from sepsis_env import ids
+
+    assert ids.resolve_env_id("icu-sepsis") == GYM_ID
+    assert ids.resolve_env_id("CartPole-v1") == "CartPole-v1"
+    assert all(ids.is_icu_sepsis(name) for name in ("icu-sepsis", GYM_ID, "ICUSepsis-v0"))
+    assert not ids.is_icu_sepsis("SepsisEnv-v0")
+    assert all(ids.is_sepsis_env(name) for name in ("SepsisEnv-v0", "sepsis_env:SepsisEnv-v0"))
+    assert not ids.is_sepsis_env("icu-sepsis")
 
 
 @needs_package
@@ -207,7 +212,8 @@ TINY_ICU = {
 
 @needs_package
 def test_only_icu_sepsis_runs_get_the_exact_evaluator() -> None:
-    from training.rl_config import RLOptions, build_dqn_config
+    from training.rl.dqn import build_dqn_config
+    from training.rl.options import RLOptions
 
     assert build_dqn_config(RLOptions(env="CartPole-v1")).custom_evaluation_function is None
     config = build_dqn_config(RLOptions(env="icu-sepsis", normalize_obs=False))
@@ -220,7 +226,7 @@ def test_cli_training_in_env_runners_yields_a_policy_with_an_exact_value(
 ) -> None:
     import pandas as pd
 
-    from training.rl_icu_sepsis import evaluate_checkpoint
+    from training.rl.icu_sepsis import evaluate_checkpoint
 
     out = tmp_path / "run"
     sets = [arg for k, v in TINY_ICU.items() for arg in ("--set", f"{k}={v}")]

@@ -211,7 +211,7 @@ def test_prepare_writes_ctgan_patients_when_asked(tmp_path, small_psv_dir):
 def test_copy_to_storage_creates_the_destination_for_a_flat_folder(tmp_path):
     """Arrow's copy_files alone fails on a local destination for a folder without sub-folders
     (what `run --upload` copies after each stage, and `tune` for `analysis/`)."""
-    from data_prep.outputs import copy_to_storage
+    from sepsis_rl.common.files import copy_to_storage
 
     stage = tmp_path / "evaluation"
     stage.mkdir()

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.rl_config import RLOptions, env_config_of, evaluation_env_config_of, make_env
+from sepsis_rl.cli import app
+from training.rl.envs import env_config_of, evaluation_env_config_of, make_env
+from training.rl.options import RLOptions
 
 SEPSIS_RL = Path(sys.executable).parent / "sepsis-rl"
 VALIDATION_EPISODES = 200
@@ -30,7 +31,7 @@ PATIENT = {
 def checkpoint(tmp_path_factory) -> Path:
     import ray
 
-    from training.rl_train import train
+    from training.rl.train import train
 
     out = tmp_path_factory.mktemp("sepsis_run") / "run"
     options = RLOptions(
@@ -73,8 +74,8 @@ def test_best_checkpoint_is_chosen_on_fixed_paired_validation_episodes(checkpoin
     import pandas as pd
 
     from sepsis_env.policies import clinician_protocol, evaluate, paired_difference
-    from training.rl_eval import load_policy
-    from training.rl_validation import VALIDATION_SEED
+    from training.rl.policy import load_policy
+    from training.rl.validation import VALIDATION_SEED
 
     run = checkpoint.parent.parent
     summary = json.loads((run / "summary.json").read_text())
@@ -128,7 +129,8 @@ def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_pat
 def test_recommend_gives_the_greedy_action_and_every_q_value(
     checkpoint: Path, tmp_path: Path
 ) -> None:
-    from training.rl_eval import load_policy, patient_observation
+    from training.rl.policy import load_policy
+    from training.rl.recommend import patient_observation
 
     patient = tmp_path / "patient.json"
     patient.write_text(json.dumps(PATIENT))

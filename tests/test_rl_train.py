@@ -22,13 +22,10 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
     PrioritizedEpisodeReplayBuffer,
 )
 
-from training.replay import PriorityFloorEpisodeReplayBuffer
-from training.rl_config import (
-    BoxNormalization,
-    RLOptions,
-    build_dqn_config,
-    load_options,
-)
+from training.rl.dqn import build_dqn_config
+from training.rl.envs import BoxNormalization
+from training.rl.options import RLOptions, load_options
+from training.rl.replay import PriorityFloorEpisodeReplayBuffer
 
 TESTS_DIR = Path(__file__).parent
 TOY_ENV = "test_rl_toyenv:SignGame-v0"
@@ -72,7 +69,9 @@ def test_config_is_dueling_double_q_with_prioritized_n_step_replay() -> None:
     config = build_dqn_config(RLOptions(env="CartPole-v1", n_step=3, rollout_fragment_length=16))
     assert config.dueling is True
     assert config.double_q is True
-    assert config.replay_buffer_config["type"] == "training.replay.PriorityFloorEpisodeReplayBuffer"
+    assert (
+        config.replay_buffer_config["type"] == "training.rl.replay.PriorityFloorEpisodeReplayBuffer"
+    )
     assert issubclass(PriorityFloorEpisodeReplayBuffer, PrioritizedEpisodeReplayBuffer)
     assert config.replay_buffer_config["priority_epsilon"] == 0.01
     assert config.replay_buffer_config["alpha"] == 0.6
@@ -129,7 +128,7 @@ def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(tmp_path:
 
     # The greedy policy served from the bare RLModule (normalising like training) beats random.
     sys.path.insert(0, str(TESTS_DIR))
-    from training.rl_eval import load_policy
+    from training.rl.policy import load_policy
 
     policy = load_policy(out / "checkpoints" / "last")
     # random play earns 5.0 +- 0.05 over these 100 episodes
@@ -170,7 +169,7 @@ def local_ray():
 
 
 def test_buffer_size_after_restore_equals_before(tmp_path: Path, local_ray) -> None:
-    from training.rl_train import restore_checkpoint, save_checkpoint
+    from training.rl.run_dir import restore_checkpoint, save_checkpoint
 
     options = RLOptions(env=TOY_ENV, **{**TINY, "evaluation_interval": 0})
     algo = build_dqn_config(options).build_algo()
@@ -194,7 +193,7 @@ def test_buffer_size_after_restore_equals_before(tmp_path: Path, local_ray) -> N
 
 
 def test_killed_env_runner_is_replaced_and_training_continues(tmp_path: Path, local_ray) -> None:
-    from training.rl_train import train
+    from training.rl.train import train
 
     pid_dir = tmp_path / "pids"
     options = RLOptions(

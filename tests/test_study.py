@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from training.cli import app
+from sepsis_rl.cli import app
 
 # A study smaller than --quick, so the suite stays fast; every stage still runs for real.
 TINY = {
@@ -159,7 +159,7 @@ def test_bad_config_is_a_clear_error(tmp_path):
     path.write_text("patiens: 10\n")
     result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o"), "--config", str(path)])
     assert result.exit_code == 2
-    assert "unknown options ['patiens']" in result.output
+    assert "unknown option(s) ['patiens']" in result.output
     assert not (tmp_path / "o").exists()
 
 
@@ -179,7 +179,7 @@ def test_ctrl_c_stops_ray_cleanly_and_the_rerun_continues(tmp_path):
     path.write_text(yaml.safe_dump(config))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    command = [sys.executable, "-m", "training.cli", "run", "--out", str(out), "--config",
+    command = [sys.executable, "-m", "sepsis_rl.cli", "run", "--out", str(out), "--config",
                str(path)]  # fmt: skip
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

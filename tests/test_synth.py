@@ -98,7 +98,7 @@ def test_hourly_vitals_are_autocorrelated(cohort):
 def test_synth_refuses_to_replace_existing_sets_without_force(tmp_path):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from sepsis_rl.cli import app
 
     kept = tmp_path / "training_setA" / "p000001.psv"
     kept.parent.mkdir()

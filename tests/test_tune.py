@@ -13,9 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from training.classifiers import ClassifierSettings
-from training.classify import ClassifyConfig
-from training.rl_config import RLOptions, build_dqn_config
+from training.classification.models import ClassifierSettings
+from training.classification.options import (
+    ClassifyConfig,
+    classify_config_dict,
+    classify_config_from_file,
+)
+from training.rl.dqn import build_dqn_config
+from training.rl.options import RLOptions
 from tuning.analysis import (
     COMPLETED,
     ERROR,
@@ -27,10 +32,9 @@ from tuning.analysis import (
 )
 from tuning.classifier_search import (
     ClassifierSearch,
-    classify_config_dict,
-    classify_config_from_file,
     patient_folds,
     settings_of,
+    trial_classify_config,
 )
 from tuning.rl_search import RLSearch, best_options, decode, encode, trial_resources
 from tuning.spaces import CLASSIFIER_SPACE, RL_SPACE, Branch, clip_to_space, restrict, suggest
@@ -139,7 +143,7 @@ def test_a_best_config_file_round_trips_into_classify_config(tmp_path: Path) -> 
         "sampling_strategy": 0.5,
     }
     path = tmp_path / "best.yaml"
-    path.write_text(yaml.safe_dump(classify_config_dict(config, "roc_auc")))
+    path.write_text(yaml.safe_dump(classify_config_dict(trial_classify_config(config, "roc_auc"))))
     loaded = classify_config_from_file(path, base=ClassifyConfig(n_boot=200))
     assert loaded.models == ("xgboost",) and loaded.oversample == ("smote",)
     assert loaded.select_metric == "roc_auc" and loaded.n_boot == 200
@@ -356,7 +360,7 @@ def test_analysis_of_a_folder_without_a_search_says_what_to_pass(tmp_path: Path)
 
 
 def test_a_default_rl_trial_asks_for_one_cpu_so_two_run_on_a_laptop(tmp_path) -> None:
-    from tuning.cli import search_base_options
+    from sepsis_rl.cli.tune import search_base_options
 
     base = search_base_options(None, {})
     assert base.num_cpus_per_env_runner == 0.5

@@ -34,12 +34,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from sepsis_rl.common.intervals import difference_of_independent, t_interval
+from sepsis_rl.common.markdown import markdown_table
 from tuning.runner import SEARCH_FILE, TRIALS_FILE, saved_statuses
 
 TOP_CURVES = 5
+FIGURE_DPI = 110
 FINAL_DIR = "final"
 """Inside the experiment folder: the classifier refit on test patients (`classify`'s outputs)."""
-SEED_KEYS = ("__trial_index__",)
 COMPLETED, STOPPED, ERROR, UNFINISHED = "completed", "stopped early", "error", "unfinished"
 
 
@@ -282,20 +284,6 @@ def trial_table(trials: list[Trial], search: dict[str, Any]) -> pd.DataFrame:
 # -- intervals -------------------------------------------------------------------------------------
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t interval of the mean (NaN interval for fewer than 2 values)."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean, mean - half, mean + half
-
-
 def step_values(trial: Trial, column: str) -> list[float]:
     """A per-step column of a trial's history (e.g. each fold's score)."""
     if column not in trial.history:
@@ -331,11 +319,11 @@ def gain_over_default(analysis: Analysis) -> dict[str, Any] | None:
         mean, low, high = t_interval(diffs)
         over = f"paired over the {n} folds both ran (same folds for every trial)"
     else:
-        _, bl, bh, _ = score_interval(analysis, best)
-        _, dl, dh, _ = score_interval(analysis, default)
-        mean = sign * (best.score - default.score)
-        se = math.sqrt(((bh - bl) / (2 * 1.96)) ** 2 + ((dh - dl) / (2 * 1.96)) ** 2)
-        low, high = mean - 1.96 * se, mean + 1.96 * se
+        best_score = score_interval(analysis, best)[:3]
+        default_score = score_interval(analysis, default)[:3]
+        # Positive is better: best - default when maximising, default - best when minimising.
+        pair = (best_score, default_score) if sign > 0 else (default_score, best_score)
+        mean, low, high = difference_of_independent(*pair)
         over = (
             "normal interval combining both trials' intervals over their evaluation episodes, "
             "as if independent (conservative: both ran the same validation episodes); it does "
@@ -373,11 +361,11 @@ def export_best_config(analysis: Analysis, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if analysis.search["kind"] == "classifiers":
-        from tuning.classifier_search import classify_config_dict
+        from training.classification.options import classify_config_dict
+        from tuning.classifier_search import trial_classify_config
 
-        values = classify_config_dict(
-            analysis.best.config, analysis.search.get("select_metric", "pr_auc")
-        )
+        select_metric = analysis.search.get("select_metric", "pr_auc")
+        values = classify_config_dict(trial_classify_config(analysis.best.config, select_metric))
         header = "# sepsis-rl classify --config this-file --data DIR --out DIR\n"
         path.write_text(header + yaml.safe_dump(values, sort_keys=False))
     else:
@@ -398,6 +386,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _saved(fig, path: Path) -> Path:
+    """Write `fig` to `path` and close it."""
+    plt = _pyplot()
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    plt.close(fig)
+    return path
 
 
 def plot_learning_curves(analysis: Analysis, path: Path) -> Path:
@@ -433,10 +430,7 @@ def plot_learning_curves(analysis: Analysis, path: Path) -> Path:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def plot_metric_vs_params(analysis: Analysis, path: Path) -> Path:
@@ -473,10 +467,7 @@ def plot_metric_vs_params(analysis: Analysis, path: Path) -> Path:
         ax.axis("off")
     if params:
         axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 def _flat_space(space: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -502,10 +493,7 @@ def plot_seed_spread(analysis: Analysis, path: Path) -> Path | None:
         ax.scatter(np.full(len(values), i), values, s=18, zorder=3)
     ax.set(ylabel=analysis.metric, title="Spread across seeds of repeated configurations")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _saved(fig, path)
 
 
 # -- the summary -----------------------------------------------------------------------------------
@@ -532,116 +520,141 @@ def final_test_metrics(analysis: Analysis) -> dict[str, Any] | None:
 
 
 def summary_markdown(analysis: Analysis) -> str:
-    """The short report a person reads first."""
-    search = analysis.search
-    n = counts(analysis)
-    lines = [
-        f"# {search['kind'].upper()} search: {analysis.folder.name}",
-        "",
+    """The short report a person reads first: the blocks below, those with nothing to say left
+    out, separated by blank lines."""
+    best = analysis.best
+    if best is None:
+        blocks = [
+            _overview(analysis),
+            _notes(analysis),
+            "No trial reported a score, so there is no best configuration.",
+        ]
+    else:
+        blocks = [
+            _overview(analysis),
+            _notes(analysis),
+            _best_configuration(analysis, best),
+            _best_checkpoint(analysis, best),
+            _test_score(analysis),
+            _gain_section(analysis),
+            _seed_spread_section(analysis),
+            _failed_trials_section(analysis),
+            _files_section(analysis),
+        ]
+    return "\n\n".join(block for block in blocks if block) + "\n"
+
+
+def _overview(analysis: Analysis) -> str:
+    """Title; metric, scheduler and trials per status."""
+    search, n = analysis.search, counts(analysis)
+    return (
+        f"# {search['kind'].upper()} search: {analysis.folder.name}\n\n"
         f"Metric: `{analysis.metric}` ({'higher' if analysis.maximize else 'lower'} is better), "
         f"scheduler {search['scheduler']}, {len(analysis.trials)} trials: {n[COMPLETED]} "
         f"completed, {n[STOPPED]} stopped early (by the scheduler, or cut when the time budget "
-        f"ran out), {n[ERROR]} failed, {n[UNFINISHED]} unfinished.",
-        "",
-    ]
-    for note in analysis.notes:
-        lines += [f"Note: {note}", ""]
-    best = analysis.best
-    if best is None:
-        lines += ["No trial reported a score, so there is no best configuration.", ""]
-        return "\n".join(lines)
+        f"ran out), {n[ERROR]} failed, {n[UNFINISHED]} unfinished."
+    )
+
+
+def _notes(analysis: Analysis) -> str:
+    return "\n\n".join(f"Note: {note}" for note in analysis.notes)
+
+
+def _best_configuration(analysis: Analysis, best: Trial) -> str:
+    """The best trial, its score with an interval, and its parameters."""
     score, low, high, over = score_interval(analysis, best)
-    lines += [
-        f"## Best configuration: trial {best.trial_id} ({best.status})",
-        "",
-        f"Score: **{_fmt(score)}** [{_fmt(low)}, {_fmt(high)}] ({over}).",
-        "",
-        "| parameter | value |",
-        "|---|---|",
-        *[f"| {k} | {_fmt(v)} |" for k, v in best.params.items()],
-        "",
-    ]
+    parameters = markdown_table(
+        ["parameter", "value"], [(k, _fmt(v)) for k, v in best.params.items()]
+    )
+    return (
+        f"## Best configuration: trial {best.trial_id} ({best.status})\n\n"
+        f"Score: **{_fmt(score)}** [{_fmt(low)}, {_fmt(high)}] ({over}).\n\n{parameters}"
+    )
+
+
+def _best_checkpoint(analysis: Analysis, best: Trial) -> str:
     checkpoint = best_checkpoint(best, analysis.metric, analysis.maximize)
-    if checkpoint is not None:
-        what = (
-            "RLlib checkpoint with replay buffer in `algo/`"
-            if search["kind"] == "rl"
-            else ("fold scores")
-        )
-        lines += [f"Best checkpoint: `{checkpoint}` ({what}).", ""]
+    if checkpoint is None:
+        return ""
+    rl = analysis.search["kind"] == "rl"
+    what = "RLlib checkpoint with replay buffer in `algo/`" if rl else "fold scores"
+    return f"Best checkpoint: `{checkpoint}` ({what})."
+
+
+def _test_score(analysis: Analysis) -> str:
+    """The refit classifier's score on the test patients, when it was refit."""
     final = final_test_metrics(analysis)
-    if final is not None and search["kind"] == "classifiers":
-        metric = search.get("select_metric", "pr_auc")
-        estimate = final.get("best", {}).get("test", {}).get(metric)
-        if isinstance(estimate, dict):
-            lines += [
-                f"Refit on all training patients, scored once on the test patients: {metric} "
-                f"{_fmt(estimate['value'])} [{_fmt(estimate['ci_low'])}, "
-                f"{_fmt(estimate['ci_high'])}] (95% bootstrap CI; `{FINAL_DIR}/`).",
-                "",
-            ]
+    if final is None or analysis.search["kind"] != "classifiers":
+        return ""
+    metric = analysis.search.get("select_metric", "pr_auc")
+    estimate = final.get("best", {}).get("test", {}).get(metric)
+    if not isinstance(estimate, dict):
+        return ""
+    return (
+        f"Refit on all training patients, scored once on the test patients: {metric} "
+        f"{_fmt(estimate['value'])} [{_fmt(estimate['ci_low'])}, {_fmt(estimate['ci_high'])}] "
+        f"(95% bootstrap CI; `{FINAL_DIR}/`)."
+    )
+
+
+def _gain_section(analysis: Analysis) -> str:
     gain = gain_over_default(analysis)
-    lines.append("## Gain over the default configuration")
-    lines.append("")
     if gain is None:
-        lines.append(
+        text = (
             "The default configuration was not among the trials (it lies outside the searched "
             "space, or the search was stopped before it ran)."
         )
     elif gain["best"] == gain["default"]:
-        lines.append(
+        text = (
             f"The default configuration is the best found (score {_fmt(gain['default_score'])}):"
             " the search found nothing better."
         )
     else:
-        lines.append(
+        text = (
             f"Default (trial {gain['default']}, {gain['default_status']}): "
             f"{_fmt(gain['default_score'])}. Improvement of the best over it: "
             f"**{_fmt(gain['gain'])}** [{_fmt(gain['low'])}, {_fmt(gain['high'])}] "
             f"({gain['over']}; positive is better)."
         )
-    lines.append("")
+    return f"## Gain over the default configuration\n\n{text}"
+
+
+def _seed_spread_section(analysis: Analysis) -> str:
+    """Mean and standard deviation of each configuration repeated over seeds."""
     groups = seed_groups(analysis)
-    if groups:
-        lines += [
-            "## Spread across seeds",
-            "",
-            "| configuration | seeds | mean | sd |",
-            "|---|---|---|---|",
-        ]
-        for label, trials in groups.items():
-            values = [t.score for t in trials if math.isfinite(t.score)]
-            sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-            lines.append(
-                f"| {label} | {len(trials)} | {_fmt(float(np.mean(values)))} | {_fmt(sd)} |"
-            )
-        lines.append("")
-    errors = [t for t in analysis.trials if t.status == ERROR]
-    if errors:
-        lines += ["## Failed trials", ""]
-        lines += [f"- {t.trial_id}: {t.error}" for t in errors]
-        lines.append("")
-    lines += [
-        "## Files",
-        "",
+    if not groups:
+        return ""
+    rows = []
+    for label, trials in groups.items():
+        values = [t.score for t in trials if math.isfinite(t.score)]
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        rows.append((label, len(trials), _fmt(float(np.mean(values))), _fmt(sd)))
+    table = markdown_table(["configuration", "seeds", "mean", "sd"], rows)
+    return f"## Spread across seeds\n\n{table}"
+
+
+def _failed_trials_section(analysis: Analysis) -> str:
+    errors = [f"- {t.trial_id}: {t.error}" for t in analysis.trials if t.status == ERROR]
+    if not errors:
+        return ""
+    return "## Failed trials\n\n" + "\n".join(errors)
+
+
+def _files_section(analysis: Analysis) -> str:
+    seed_spread = ", `seed_spread.png`" if seed_groups(analysis) else ""
+    return (
+        "## Files\n\n"
         "`trials.csv` / `trials.md` (every trial, ranked), `best_config.yaml`, "
-        "`learning_curves.png`, `metric_vs_params.png`"
-        + (", `seed_spread.png`" if groups else "")
-        + ".",
-        "",
-    ]
-    return "\n".join(lines)
+        f"`learning_curves.png`, `metric_vs_params.png`{seed_spread}."
+    )
 
 
 def table_markdown(table: pd.DataFrame) -> str:
     """The trial table as Markdown."""
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "---|" * len(table.columns)
-    body = [
-        "| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |"
-        for row in table.itertuples(index=False)
+    rows = [
+        [v if isinstance(v, str) else _fmt(v) for v in row] for row in table.itertuples(index=False)
     ]
-    return "\n".join([header, rule, *body]) + "\n"
+    return markdown_table(list(table.columns), rows) + "\n"
 
 
 def write_analysis(folder: str | Path, out: str | Path | None = None) -> tuple[Analysis, Path]:

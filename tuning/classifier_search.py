@@ -4,19 +4,18 @@ The protocol:
 1. Only the training patients of `features.parquet` take part in the search. They are cut into
    `n_folds` patient-grouped, label-stratified folds, the same folds for every trial.
 2. A trial is one configuration (model, oversampling, hyper-parameters). For each fold it fits the
-   `imblearn` pipeline `training.classifiers.build_pipeline` builds on the other folds, so
+   `imblearn` pipeline `training.classification.models.build_pipeline` builds on the other folds, so
    oversampling only ever sees training-fold patients (audited with `check_no_leakage` on every
    fold), scores the held-out fold, and reports the running mean to Tune. ASHA stops trials
    whose running mean after a fold is among the worst.
 3. Optuna's TPE proposes configurations, starting with the untuned default (`DEFAULT_CLASSIFIER`).
-4. After the search, the best configuration is refitted once by `training.classify`'s protocol
-   (train patients; threshold on validation patients; test patients with bootstrap CIs). That
-   refit is the only time a test patient is touched.
+4. After the search, the best configuration is refitted once by the protocol of
+   `training.classification.experiment` (train patients; threshold on validation patients; test
+   patients with bootstrap CIs). That refit is the only time a test patient is touched.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import tempfile
@@ -27,20 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from training.classifiers import ClassifierSettings
-from training.classify import ClassifyConfig
-from tuning.runner import (
-    SEARCH_FILE,
-    SearchOutcome,
-    concurrency_for,
-    experiment_path,
-    run_tuner,
-    storage_path,
-    trial_dirname,
-    write_text,
-)
+from sepsis_rl.common.config_files import check_known, field_names
+from training.classification.models import ClassifierSettings
+from training.classification.options import ClassifyConfig
+from tuning.runner import SearchOutcome, SearchStart, TunerSpec, concurrency_for, run_tuner
 from tuning.spaces import (
     CLASSIFIER_METRICS,
     CLASSIFIER_SPACE,
@@ -113,9 +103,7 @@ class ClassifierSearch:
                 "repeating configurations across seeds averages complete trials; early stopping "
                 "would cut repeats short. Use --scheduler fifo with --repeats > 1"
             )
-        unknown = set(self.fixed) - {f.name for f in dataclasses.fields(ClassifierSettings)}
-        if unknown:
-            raise ValueError(f"unknown ClassifierSettings field(s) {sorted(unknown)}")
+        check_known(self.fixed, ClassifierSettings, what="ClassifierSettings field")
         self.space()  # checks models and oversample
 
     @property
@@ -154,7 +142,7 @@ def patient_folds(
 
 def settings_of(config: dict[str, Any]) -> ClassifierSettings:
     """The `ClassifierSettings` of a trial's config (fixed options, sampled values, seed)."""
-    names = {f.name for f in dataclasses.fields(ClassifierSettings)}
+    names = set(field_names(ClassifierSettings))
     values = {k: v for k, v in config.get("fixed", {}).items() if k in names}
     values.update({k: v for k, v in config.items() if k in names})
     values["seed"] = int(config.get("seed", 0)) + int(config.get(TRIAL_INDEX_KEY, 0) or 0)
@@ -163,7 +151,7 @@ def settings_of(config: dict[str, Any]) -> ClassifierSettings:
 
 def fold_score(metric: str, labels: np.ndarray, scores: np.ndarray) -> float:
     """`metric` of one held-out fold (threshold-free metrics only)."""
-    from training.metrics import metric_draws
+    from training.classification.metrics import metric_draws
 
     values = metric_draws(labels, scores, 0.5, np.ones((1, len(labels))))
     return float(values[metric][0])
@@ -181,8 +169,10 @@ def cross_validate(
     `done` holds the folds already scored (from a checkpoint); they are not fitted again.
     Returns every fold's score.
     """
-    from training.classifiers import build_pipeline, check_no_leakage, instrument
-    from training.classify import load_features, positive_scores
+    from training.classification.candidates import positive_scores
+    from training.classification.features import load_features
+    from training.classification.leakage import check_no_leakage, instrument
+    from training.classification.models import build_pipeline
 
     search = config["search"]
     metric = search["metric"]
@@ -286,131 +276,70 @@ def _trainable(search: ClassifierSearch) -> Any:
     return tune.with_resources(classifier_trial, {"cpu": search.cpus_per_trial})
 
 
-def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> SearchOutcome:
-    """Run (or resume) the search; Ray must be initialised by the caller."""
-    from ray import tune
+def _search_start(search: ClassifierSearch) -> SearchStart:
+    """Optuna's TPE (the default configuration first) and ASHA or FIFO."""
+    import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
 
-    search.validate()
-    from training.classify import load_features
-
-    load_features(Path(search.data))  # fail here, not in every trial, on an unusable folder
-    path = experiment_path(search.storage, search.name)
-    trainable = _trainable(search)
-
-    def make_tuner() -> Any:
-        import optuna
-
-        default = search.default_point()
-        searcher: Any = OptunaSearch(
-            space=functools.partial(suggest, search.space()),
-            metric=search.tune_metric,
-            mode=search.mode,
-            points_to_evaluate=[default] if default else None,
-            sampler=optuna.samplers.TPESampler(seed=search.seed),
-        )
-        if search.repeats > 1:
-            searcher = Repeater(searcher, repeat=search.repeats)
-        searcher = ConcurrencyLimiter(
-            searcher,
-            max_concurrent=search.max_concurrent or concurrency_for(search.cpus_per_trial),
-        )
-        scheduler = (
-            ASHAScheduler(max_t=search.n_folds, grace_period=1, reduction_factor=2)
-            if search.scheduler == "asha"
-            else FIFOScheduler()
-        )
-        write_text(path + "/" + SEARCH_FILE, json.dumps(search_record(search), indent=2))
-        return tune.Tuner(
-            trainable,
-            param_space=_fixed_config(search),
-            tune_config=tune.TuneConfig(
-                metric=search.tune_metric,
-                mode=search.mode,
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=search.num_samples * search.repeats,
-                time_budget_s=search.time_budget_s,
-                trial_dirname_creator=trial_dirname,
-                trial_name_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=search.name,
-                storage_path=storage_path(search.storage),
-                failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                # Fold-score checkpoints are a few hundred bytes: keep them all. A `num_to_keep`
-                # would force an experiment-state snapshot at every fold.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                verbose=0,
-            ),
-        )
-
-    def restore(location: str) -> Any:
-        return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
-
-    return run_tuner(
-        make_tuner,
-        restore,
-        path,
-        resume,
-        search.tune_metric,
-        search.num_samples * search.repeats,
-        search.time_budget_s,
+    default = search.default_point()
+    searcher: Any = OptunaSearch(
+        space=functools.partial(suggest, search.space()),
+        metric=search.tune_metric,
+        mode=search.mode,
+        points_to_evaluate=[default] if default else None,
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
     )
+    if search.repeats > 1:
+        searcher = Repeater(searcher, repeat=search.repeats)
+    searcher = ConcurrencyLimiter(
+        searcher,
+        max_concurrent=search.max_concurrent or concurrency_for(search.cpus_per_trial),
+    )
+    scheduler = (
+        ASHAScheduler(max_t=search.n_folds, grace_period=1, reduction_factor=2)
+        if search.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return SearchStart(searcher, scheduler, _fixed_config(search))
 
 
-# -- the best configuration as a `classify` config file --------------------------------------------
+def run_classifier_search(search: ClassifierSearch, resume: bool = False) -> SearchOutcome:
+    """Run (or resume) the search; Ray must be initialised by the caller."""
+    from training.classification.features import load_features
+
+    search.validate()
+    load_features(Path(search.data))  # fail here, not in every trial, on an unusable folder
+    spec = TunerSpec(
+        trainable=_trainable(search),
+        storage=search.storage,
+        name=search.name,
+        metric=search.tune_metric,
+        mode=search.mode,
+        num_trials=search.num_samples * search.repeats,
+        time_budget_s=search.time_budget_s,
+        max_failures=search.max_failures,
+        # Fold-score checkpoints are a few hundred bytes: keep them all. A `num_to_keep` would
+        # force an experiment-state snapshot at every fold.
+        keep_checkpoints=None,
+        record=search_record(search),
+    )
+    return run_tuner(spec, lambda: _search_start(search), resume)
 
 
-def classify_config_dict(config: dict[str, Any], select_metric: str = "pr_auc") -> dict[str, Any]:
-    """A trial's configuration as the config file `sepsis-rl classify --config` reads."""
-    settings = dataclasses.asdict(settings_of(config))
-    return {
-        "models": [config["model"]],
-        "oversample": [config["oversample"]],
-        "select_metric": select_metric,
-        "settings": settings,
-    }
+# -- the best configuration, for `classify` --------------------------------------------------------
 
 
-def classify_config_from_file(
-    path: str | Path, base: ClassifyConfig | None = None
-) -> ClassifyConfig:
-    """`base` (or the defaults) with the fields of a YAML/JSON config file applied.
-
-    The file holds any of `ClassifyConfig`'s fields; `settings` any of `ClassifierSettings`'.
-    Raises ValueError for an unreadable file or an unknown field (the message lists valid ones).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {err}") from err
-    values = values or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of ClassifyConfig fields to values")
-    base = base or ClassifyConfig()
-    top = {f.name for f in dataclasses.fields(ClassifyConfig)}
-    unknown = sorted(set(values) - top)
-    if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(top)}")
-    settings_values = values.pop("settings", None) or {}
-    names = {f.name for f in dataclasses.fields(ClassifierSettings)}
-    unknown = sorted(set(settings_values) - names)
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown settings field(s) {unknown}; valid settings: {sorted(names)}"
-        )
-    for key in ("models", "oversample"):
-        if key in values:
-            values[key] = tuple([values[key]] if isinstance(values[key], str) else values[key])
-    settings = dataclasses.replace(base.settings, **settings_values)
-    return dataclasses.replace(base, **values, settings=settings)
+def trial_classify_config(config: dict[str, Any], select_metric: str = "pr_auc") -> ClassifyConfig:
+    """The `classify` options a trial's configuration stands for: its model and oversampling
+    as the only candidate, its settings (seed included), the other options at their defaults."""
+    return ClassifyConfig(
+        models=(config["model"],),
+        oversample=(config["oversample"],),
+        select_metric=select_metric,
+        settings=settings_of(config),
+    )
 
 
 def refit_best(
@@ -420,13 +349,7 @@ def refit_best(
 
     Returns the metrics document `run_classification` wrote to `out/metrics.json`.
     """
-    from training.classify import run_classification
+    from training.classification.experiment import run_classification
 
-    values = classify_config_dict(config, select_metric)
-    classify_config = ClassifyConfig(
-        models=tuple(values["models"]),
-        oversample=tuple(values["oversample"]),
-        select_metric=select_metric,
-        settings=ClassifierSettings(**values["settings"]),
-    )
+    classify_config = trial_classify_config(config, select_metric)
     return run_classification(data, out, classify_config).metrics

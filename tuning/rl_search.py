@@ -1,6 +1,6 @@
 """`sepsis-rl tune rl`: search DQN's hyper-parameters, scored by the greedy policy.
 
-Every trial builds its RLlib config with `training.rl_config.build_dqn_config`, the function
+Every trial builds its RLlib config with `training.rl.dqn.build_dqn_config`, the function
 `sepsis-rl train` uses, from the base options (`--config`, the same file `train` reads) with the
 trial's sampled values (`tuning.spaces.RL_SPACE`) on top. So the best trial's options, written
 as YAML, are a file `sepsis-rl train --config` accepts as it is.
@@ -8,7 +8,7 @@ as YAML, are a file `sepsis-rl train --config` accepts as it is.
 A trial trains for `iterations_per_trial` RLlib iterations. After each it evaluates the greedy
 policy (RLlib's evaluation with `explore=False`, which the builder configures) and reports that
 return as `eval_return`: trials are compared and early-stopped on it, never on the exploring
-training return. Checkpoints hold the replay buffer as well (`training.rl_train.save_checkpoint`;
+training return. Checkpoints hold the replay buffer as well (`training.rl.run_dir.save_checkpoint`;
 RLlib's new-stack checkpoints leave it out), so a Tune retry, a resumed search, or a PBT exploit
 continues with the data the weights were trained on.
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,23 +38,18 @@ from typing import Any
 
 import numpy as np
 
-from training.rl_config import (
-    EPISODE_RETURNS_KEY,
-    RLOptions,
-    build_dqn_config,
-    options_from_dict,
-    save_options,
-)
+from sepsis_rl.common.intervals import mean_interval
+from training.rl.dqn import build_dqn_config
+from training.rl.options import RLOptions, options_from_dict, save_options
+from training.rl.results import evaluation_returns_of
 from tuning.runner import (
-    SEARCH_FILE,
     SearchOutcome,
+    SearchStart,
+    TunerSpec,
     concurrency_for,
     experiment_path,
     load_search,
     run_tuner,
-    storage_path,
-    trial_dirname,
-    write_text,
 )
 from tuning.spaces import (
     LAYER_CHOICES,
@@ -74,7 +68,6 @@ TRIAL_STATE_FILE = "trial_state.json"
 ALGO_SUBDIR = "algo"
 METRIC = "eval_return"
 """Mean return of the greedy policy's evaluation episodes after an iteration."""
-CI_Z = 1.96
 
 
 @dataclass
@@ -211,17 +204,6 @@ def trial_resources(search: RLSearch) -> Any:
 # -- one trial -------------------------------------------------------------------------------------
 
 
-def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its normal-approximation 95% interval (NaN interval for fewer than 2 values)."""
-    if not values:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = CI_Z * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
 ReportFn = Callable[[dict[str, Any], Path | None], None]
 """report(metrics, checkpoint folder or None): called after each iteration."""
 
@@ -232,7 +214,8 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
     With `checkpoint` (a folder an earlier report got), training continues from it: weights,
     optimizer, counters and the replay buffer.
     """
-    from training.rl_train import as_list, metrics_of, restore_checkpoint, save_checkpoint
+    from training.rl.results import metrics_of
+    from training.rl.run_dir import restore_checkpoint, save_checkpoint
 
     options = trial_options(config)
     settings = config["trial"]
@@ -251,8 +234,7 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
             result = algo.train()
             metrics = metrics_of(result, options, last_eval)
             last_eval = metrics.eval_return_mean
-            evaluation = result.get("evaluation", {}).get("env_runners", {})
-            returns = [float(r) for r in as_list(evaluation.get(EPISODE_RETURNS_KEY))]
+            returns = evaluation_returns_of(result)
             mean, low, high = mean_interval(returns)
             row = {
                 METRIC: metrics.eval_return_mean if not returns else mean,
@@ -341,13 +323,14 @@ def _fixed_config(search: RLSearch) -> dict[str, Any]:
     }
 
 
-def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, Any, dict]:
-    """(scheduler, search algorithm, extra param_space entries) for `search.scheduler`."""
+def _search_start(search: RLSearch, concurrency: int) -> SearchStart:
+    """Search algorithm, scheduler and the parameter space for `search.scheduler`."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
 
+    fixed = _fixed_config(search)
     default = search.default_point()
     if search.scheduler == "pbt":
         scheduler = PopulationBasedTraining(
@@ -361,7 +344,7 @@ def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, An
             random_state=search.seed,
             max_concurrent=concurrency,
         )
-        return scheduler, searcher, tune_space(RL_SPACE)
+        return SearchStart(searcher, scheduler, {**fixed, **tune_space(RL_SPACE)})
     searcher: Any = OptunaSearch(
         space=functools.partial(suggest, RL_SPACE),
         metric=METRIC,
@@ -380,19 +363,13 @@ def _scheduler_and_searcher(search: RLSearch, concurrency: int) -> tuple[Any, An
         )
     else:
         scheduler = FIFOScheduler()
-    return scheduler, searcher, {}
+    return SearchStart(searcher, scheduler, fixed)
 
 
-def _checkpoint_config(search: RLSearch) -> Any:
-    """Keep each trial's best two checkpoints; under PBT keep all of them, because an exploit
-    loads another trial's checkpoint of some iterations ago, which ranking might have deleted."""
-    from ray import tune
-
-    if search.scheduler == "pbt":
-        return tune.CheckpointConfig(num_to_keep=None)
-    return tune.CheckpointConfig(
-        num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
-    )
+def _checkpoints_to_keep(search: RLSearch) -> int | None:
+    """Each trial's best two checkpoints; under PBT all of them, because an exploit loads another
+    trial's checkpoint of some iterations ago, which ranking might have deleted."""
+    return None if search.scheduler == "pbt" else 2
 
 
 def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
@@ -400,47 +377,31 @@ def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
     from ray import tune
 
     search.validate()
-    path = experiment_path(search.storage, search.name)
     if resume:
         # Trials must be rebuilt with the options the search started with, not today's flags.
+        path = experiment_path(search.storage, search.name)
         search = dataclasses.replace(
             search, base=options_from_dict(load_search(path)["base_options"])
         )
     resources = trial_resources(search)
     cpus = sum(bundle.get("CPU", 0.0) for bundle in resources.bundles)
-    trainable = tune.with_resources(rl_trial, resources)
+    spec = TunerSpec(
+        trainable=tune.with_resources(rl_trial, resources),
+        storage=search.storage,
+        name=search.name,
+        metric=METRIC,
+        mode="max",
+        num_trials=search.num_samples * search.repeats,
+        time_budget_s=search.time_budget_s,
+        max_failures=search.max_failures,
+        keep_checkpoints=_checkpoints_to_keep(search),
+        record=search_record(search),
+    )
 
-    def make_tuner() -> Any:
-        concurrency = search.max_concurrent or concurrency_for(cpus)
-        scheduler, searcher, domains = _scheduler_and_searcher(search, concurrency)
-        write_text(path + "/" + SEARCH_FILE, json.dumps(search_record(search), indent=2))
-        return tune.Tuner(
-            trainable,
-            param_space={**_fixed_config(search), **domains},
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode="max",
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=search.num_samples * search.repeats,
-                time_budget_s=search.time_budget_s,
-                trial_dirname_creator=trial_dirname,
-                trial_name_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=search.name,
-                storage_path=storage_path(search.storage),
-                failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                checkpoint_config=_checkpoint_config(search),
-                verbose=0,
-            ),
-        )
+    def start() -> SearchStart:
+        return _search_start(search, search.max_concurrent or concurrency_for(cpus))
 
-    def restore(location: str) -> Any:
-        return tune.Tuner.restore(location, trainable=trainable, resume_errored=True)
-
-    expected = search.num_samples * search.repeats
-    return run_tuner(make_tuner, restore, path, resume, METRIC, expected, search.time_budget_s)
+    return run_tuner(spec, start, resume)
 
 
 def export_options(config: dict[str, Any], path: str | Path) -> RLOptions:

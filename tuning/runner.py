@@ -1,4 +1,4 @@
-"""What both searches share: Ray on loopback, where results go, how a search is run or resumed.
+"""What both searches share: where results go, how a search's Tuner is built, run or resumed.
 
 An experiment folder (`<storage>/<name>/`) holds Tune's own files (one folder per trial with
 `params.json`, `result.json`, `error.txt`, checkpoints; `experiment_state-*.json`) plus two of
@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sepsis_rl.common.files import write_text_atomic
+
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.json"
-DEFAULT_STORAGE = "results/tune"
-"""Default `--storage`: a local folder (git ignores `results/`)."""
 
 
 class SearchError(RuntimeError):
@@ -50,11 +49,7 @@ def storage_path(storage: str) -> str:
 def write_text(location: str, text: str) -> None:
     """Write `text` to a local path or a URI (through pyarrow's filesystems, as Tune does)."""
     if not is_uri(location):
-        path = Path(location)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(Path(location), text)
         return
     import pyarrow.fs
 
@@ -78,23 +73,6 @@ def read_text(location: str) -> str | None:
         return stream.read().decode()
 
 
-def init_ray(address: str | None = None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS, set inside `ray job submit`), or start a local Ray
-    bound to loopback only. Returns True when this call started Ray (the caller stops it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return True
-    # Without this, Ray binds its services to the machine's default network interface.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=False, log_to_driver=False)
-    return True
-
-
 def concurrency_for(cpus_per_trial: float) -> int:
     """How many trials fit at once in the cluster's CPUs (at least one)."""
     import ray
@@ -106,6 +84,47 @@ def concurrency_for(cpus_per_trial: float) -> int:
             "forever. Use fewer env runners or fewer CPUs per env runner."
         )
     return max(1, math.floor(cpus / cpus_per_trial + 1e-9))
+
+
+@dataclass
+class TunerSpec:
+    """What a search's `tune.Tuner` is built from; both searches fill one in."""
+
+    trainable: Any
+    """The trial function with its resources (`tune.with_resources`)."""
+    storage: str
+    """Local folder or URI that holds the experiment."""
+    name: str
+    """Experiment folder name under `storage`."""
+    metric: str
+    """The metric trials report and are compared on."""
+    mode: str
+    """max or min."""
+    num_trials: int
+    """Trials in all: configurations x repeats."""
+    time_budget_s: float | None
+    """Stop proposing and running trials after this many seconds (None: no limit)."""
+    max_failures: int
+    """Retries of a failing trial (Tune's FailureConfig)."""
+    keep_checkpoints: int | None
+    """Checkpoints kept per trial, the best by `metric` (None: all of them)."""
+    record: dict[str, Any]
+    """What `search.json` holds (written when a new search starts)."""
+
+    @property
+    def path(self) -> str:
+        """The experiment folder (local path or URI)."""
+        return experiment_path(self.storage, self.name)
+
+
+@dataclass
+class SearchStart:
+    """What only a new search needs; a resumed one restores it from the experiment folder."""
+
+    search_alg: Any
+    scheduler: Any
+    param_space: dict[str, Any]
+    """Fixed entries every trial gets, and Tune domains (PBT) or nothing (Optuna) to sample."""
 
 
 @dataclass
@@ -125,20 +144,34 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_tuner(
-    make_tuner: Callable[[], Any],
-    restore: Callable[[str], Any],
-    path: str,
-    resume: bool,
-    metric: str,
-    expected_trials: int,
-    time_budget_s: float | None,
-) -> SearchOutcome:
-    """Fit a new Tuner or restore the one at `path`, then record how every trial ended.
+def run_tuner(spec: TunerSpec, start: Callable[[], SearchStart], resume: bool) -> SearchOutcome:
+    """Start a new search (`start()` gives its searcher, scheduler and parameter space) or restore
+    the one at `spec.path`, run it, then record how every trial ended.
 
-    The search finished when every trial ended and either all `expected_trials` exist or the
+    The search finished when every trial ended and either all `spec.num_trials` exist or the
     time budget ran out; otherwise it was interrupted (Ctrl-C, SIGINT) and can be resumed.
     """
+    path = spec.path
+    _check_resumable(path, resume)
+    tuner = restore_tuner(spec) if resume else new_tuner(spec, start())
+    started = time.monotonic()
+    grid = tuner.fit()
+    budget_spent = (
+        spec.time_budget_s is not None and time.monotonic() - started >= spec.time_budget_s
+    )
+    statuses = saved_statuses(path)
+    trials = [_trial_record(result, spec.metric, statuses) for result in grid]
+    ended = [t for t in trials if t["status"] in ("TERMINATED", "ERROR")]
+    finished = len(ended) == len(trials) and (len(trials) >= spec.num_trials or budget_spent)
+    write_text(
+        path.rstrip("/") + "/" + TRIALS_FILE,
+        json.dumps({"finished": finished, "trials": trials}, indent=2, default=str),
+    )
+    return SearchOutcome(path, finished, trials)
+
+
+def _check_resumable(path: str, resume: bool) -> None:
+    """Refuse to resume nothing, and to start a search over an existing one."""
     from ray import tune
 
     exists = tune.Tuner.can_restore(path)
@@ -149,19 +182,53 @@ def run_tuner(
             f"{path} already holds a search; pass --resume to continue it, or choose another "
             "--name or --storage"
         )
-    tuner = restore(path) if resume else make_tuner()
-    start = time.monotonic()
-    grid = tuner.fit()
-    budget_spent = time_budget_s is not None and time.monotonic() - start >= time_budget_s
-    statuses = saved_statuses(path)
-    trials = [_trial_record(result, metric, statuses) for result in grid]
-    ended = [t for t in trials if t["status"] in ("TERMINATED", "ERROR")]
-    finished = len(ended) == len(trials) and (len(trials) >= expected_trials or budget_spent)
-    write_text(
-        path.rstrip("/") + "/" + TRIALS_FILE,
-        json.dumps({"finished": finished, "trials": trials}, indent=2, default=str),
+
+
+def new_tuner(spec: TunerSpec, start: SearchStart) -> Any:
+    """The Tuner of a new search, after writing its `search.json`."""
+    from ray import tune
+
+    write_text(spec.path + "/" + SEARCH_FILE, json.dumps(spec.record, indent=2))
+    return tune.Tuner(
+        spec.trainable,
+        param_space=start.param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=start.search_alg,
+            scheduler=start.scheduler,
+            num_samples=spec.num_trials,
+            time_budget_s=spec.time_budget_s,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage_path(spec.storage),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=_checkpoint_config(spec),
+            verbose=0,
+        ),
     )
-    return SearchOutcome(path, finished, trials)
+
+
+def _checkpoint_config(spec: TunerSpec) -> Any:
+    from ray import tune
+
+    if spec.keep_checkpoints is None:
+        return tune.CheckpointConfig(num_to_keep=None)
+    return tune.CheckpointConfig(
+        num_to_keep=spec.keep_checkpoints,
+        checkpoint_score_attribute=spec.metric,
+        checkpoint_score_order=spec.mode,
+    )
+
+
+def restore_tuner(spec: TunerSpec) -> Any:
+    """The Tuner of the interrupted search at `spec.path`, errored trials to be run again."""
+    from ray import tune
+
+    return tune.Tuner.restore(spec.path, trainable=spec.trainable, resume_errored=True)
 
 
 def saved_statuses(path: str) -> dict[str, str]:

@@ -1,0 +1,44 @@
+"""Which environment is this: the Gymnasium ids of this package's environments, their short
+names on the command line, and the tests every other package asks ("is it SepsisEnv?").
+
+Kept free of imports so that any layer can ask without loading an environment.
+"""
+
+from __future__ import annotations
+
+SEPSIS_ENV_ID = "SepsisEnv-v0"
+"""Gymnasium id of `sepsis_env.env.SepsisEnv` (registered by `import sepsis_env`)."""
+SEPSIS_GYM_ID = f"sepsis_env:{SEPSIS_ENV_ID}"
+"""The same id in Gymnasium's `module:EnvId` form (imports `sepsis_env` first in any process)."""
+ICU_SEPSIS_ENV_ID = "ICUSepsis-v0"
+"""Gymnasium id of `sepsis_env.icu_sepsis.ICUSepsisBenchmarkEnv`."""
+ICU_SEPSIS_GYM_ID = f"sepsis_env.icu_sepsis:{ICU_SEPSIS_ENV_ID}"
+"""The id in Gymnasium's `module:EnvId` form: `gymnasium.make` imports the module first, so the
+id resolves in any process, RLlib's env runners included."""
+ENV_ALIASES = {"icu-sepsis": ICU_SEPSIS_GYM_ID}
+"""Short names the command line accepts for `--env`."""
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The Gymnasium id behind a command-line `--env` value (aliases resolved)."""
+    return ENV_ALIASES.get(env_id, env_id)
+
+
+def bare_id(env_id: str) -> str:
+    """The id without its `module:` prefix, aliases resolved (`icu-sepsis` -> `ICUSepsis-v0`)."""
+    return resolve_env_id(env_id).split(":")[-1]
+
+
+def is_sepsis_env(env_id: str | None) -> bool:
+    """Whether `env_id` is SepsisEnv (`SepsisEnv-v0` or `sepsis_env:SepsisEnv-v0`)."""
+    return bool(env_id) and bare_id(env_id).startswith("SepsisEnv")
+
+
+def is_icu_sepsis(env_id: str | None) -> bool:
+    """Whether `env_id` (an alias, the bare id or the `module:` id) names the ICU-Sepsis MDP."""
+    return bool(env_id) and bare_id(env_id) == ICU_SEPSIS_ENV_ID
+
+
+def needs_sepsis_env_import(env_id: str) -> bool:
+    """A bare `SepsisEnv-*` id needs `import sepsis_env` first (the `module:` form imports it)."""
+    return resolve_env_id(env_id).startswith("SepsisEnv")

@@ -1,0 +1,36 @@
+"""The `sepsis-rl` command line: one root app; each capability adds its commands here.
+
+Library code raises; this layer prints, shows progress and chooses exit codes.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from sepsis_rl.cli.classify import register as register_classify
+from sepsis_rl.cli.data import data_app
+from sepsis_rl.cli.rl import register as register_rl
+from sepsis_rl.cli.study import register as register_study
+from sepsis_rl.cli.tune import register as register_tuning
+
+app = typer.Typer(
+    name="sepsis-rl",
+    help="Learn and check treatment strategies for ICU patients with sepsis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+register_rl(app)
+register_classify(app)
+register_tuning(app)
+register_study(app)
+
+
+def main() -> None:
+    """Entry point of the `sepsis-rl` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

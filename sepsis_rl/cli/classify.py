@@ -1,0 +1,218 @@
+"""`sepsis-rl classify` and `sepsis-rl classify-score`: the command-line layer of the classifiers.
+
+Only this module prints and chooses exit codes; the work is done in `training.classification`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from sepsis_rl.cli.console import console, err_console, fail
+
+
+class Oversample(StrEnum):
+    none = "none"
+    smote = "smote"
+    ctgan = "ctgan"
+    all = "all"
+
+
+def classify_cmd(
+    data: Annotated[Path, typer.Option(help="Folder written by `sepsis-rl data prepare`.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics, tables, plots and the model.")],
+    oversample: Annotated[
+        Oversample, typer.Option(help="Minority oversampling to compare (all: the three).")
+    ] = Oversample.all,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated: logreg,random_forest,xgboost,svm.")
+    ] = "logreg,random_forest,xgboost,svm",
+    seed: Annotated[int, typer.Option(help="Seeds models, SMOTE, CTGAN and the bootstrap.")] = 0,
+    ctgan_epochs: Annotated[int, typer.Option(min=1, help="CTGAN training epochs.")] = 300,
+    ctgan_batch_size: Annotated[
+        int, typer.Option(min=10, help="CTGAN batch size (a multiple of 10).")
+    ] = 500,
+    sampling_strategy: Annotated[
+        str,
+        typer.Option(help="'auto' balances the classes; a number is minority/majority after."),
+    ] = "auto",
+    select_metric: Annotated[
+        str, typer.Option(help="Validation metric that picks the best model.")
+    ] = "pr_auc",
+    threshold_rule: Annotated[
+        str, typer.Option(help="How thresholds are chosen on validation: f1 | youden.")
+    ] = "f1",
+    bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for CIs.")] = 1000,
+    fidelity: Annotated[bool, typer.Option(help="Write the CTGAN fidelity report.")] = True,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML/JSON of ClassifyConfig fields (e.g. the best_config.yaml "
+            "of `sepsis-rl analyze`); its fields override the options above.",
+        ),
+    ] = None,
+) -> None:
+    """Train sepsis classifiers (with none/SMOTE/CTGAN oversampling) and evaluate them honestly.
+
+    Fits on training patients, picks thresholds and the best model on validation patients, and
+    reports every metric with a 95% bootstrap CI on the real test patients.
+    """
+    from training.classification.experiment import run_classification
+    from training.classification.features import DataFolderError, load_features
+    from training.classification.leakage import LeakageError
+    from training.classification.models import ClassifierSettings
+    from training.classification.options import ClassifyConfig
+
+    try:
+        strategy: float | str = float(sampling_strategy)
+    except ValueError:
+        strategy = sampling_strategy
+    modes = ("none", "smote", "ctgan") if oversample is Oversample.all else (oversample.value,)
+    config = ClassifyConfig(
+        oversample=modes,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        select_metric=select_metric,
+        threshold_rule=threshold_rule,
+        n_boot=bootstrap,
+        fidelity=fidelity,
+        settings=ClassifierSettings(
+            seed=seed,
+            sampling_strategy=strategy,
+            ctgan_epochs=ctgan_epochs,
+            ctgan_batch_size=ctgan_batch_size,
+        ),
+    )
+    try:
+        if config_file is not None:
+            from training.classification.options import classify_config_from_file
+
+            config = classify_config_from_file(config_file, base=config)
+        config.validate()
+        table = load_features(data)
+    except ValueError as err:  # DataFolderError included
+        raise fail(str(err)) from None
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    try:
+        with progress:
+            task = progress.add_task("starting", total=None)
+
+            def report(description: str, done: int, total: int) -> None:
+                progress.update(task, description=description, completed=done, total=total)
+                if not err_console.is_terminal:  # logs and CI get one line per step
+                    err_console.print(f"[{done}/{total}] {description}", highlight=False)
+
+            result = run_classification(table, out, config, progress=report)
+    except DataFolderError as err:
+        raise fail(str(err)) from None
+    except LeakageError as err:
+        raise fail(f"leakage check failed, no results written: {err}", 1) from None
+    except ValueError as err:
+        raise fail(str(err)) from None
+
+    _print_summary(result, out)
+
+
+def _print_summary(result, out: Path) -> None:
+    metrics = result.metrics
+    best = metrics["best"]
+    table = Table(title="Test patients: value [95% CI]", show_lines=False)
+    for column in ("model", "oversampling", "PR-AUC", "ROC-AUC", "recall", "precision", "Brier"):
+        table.add_column(column)
+    for c in result.candidates:
+        e = c.test.estimates
+        table.add_row(
+            c.model + (" *" if c is result.best else ""),
+            c.oversample,
+            e["pr_auc"].format(),
+            e["roc_auc"].format(),
+            e["recall"].format(),
+            e["precision"].format(),
+            e["brier"].format(),
+        )
+    console.print(table)
+    prevalence = metrics["test_prevalence"]
+    baseline = metrics["trivial_baseline"]["test"]
+    console.print(
+        f"test prevalence {prevalence['value']:.3f}; always-'no sepsis' baseline: accuracy "
+        f"{baseline['accuracy']['value']:.3f}, PR-AUC {baseline['pr_auc']['value']:.3f}, "
+        "ROC-AUC 0.500"
+    )
+    console.print(
+        f"selected (*) on {best['selected_on']}: {best['model']} + {best['oversample']}, "
+        f"threshold {best['threshold']:.3f}"
+    )
+    for effect in metrics["oversampling_effect"]:
+        if effect["metric"] == "pr_auc":
+            d = effect["difference_vs_none"]
+            console.print(
+                f"  {effect['oversample']:>5} vs none, {effect['model']:<13} PR-AUC "
+                f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]: {effect['verdict']}"
+            )
+    timing = Table(title="Time per part (s)")
+    timing.add_column("part")
+    timing.add_column("wall", justify="right")
+    timing.add_column("CPU", justify="right")
+    for part, seconds in metrics["timings_seconds"].items():
+        timing.add_row(part, f"{seconds:.1f}", f"{metrics['cpu_seconds'][part]:.1f}")
+    console.print(timing)
+    console.print(f"wrote metrics.json, comparison.csv/.md, plots and model/ to {out}")
+
+
+def score_cmd(
+    model: Annotated[Path, typer.Option(help="The `model` folder written by classify.")],
+    features: Annotated[
+        Path, typer.Option(help="Patient features (.parquet or .csv) as `data prepare` writes.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Write scores to this .csv (default: print them).")
+    ] = None,
+) -> None:
+    """Score patients with a saved classifier: probability of sepsis and the decision."""
+    import pandas as pd
+
+    from training.classification.model_file import FeatureMismatchError, ModelFileError, load_model
+
+    if not features.is_file():
+        raise fail(f"{features} does not exist")
+    try:
+        table = (
+            pd.read_parquet(features) if features.suffix == ".parquet" else pd.read_csv(features)
+        )
+    except Exception as err:  # a damaged table can fail in pyarrow or pandas in many ways
+        raise fail(f"cannot read {features}: {err}") from None
+    try:
+        scores = load_model(model).predict_table(table)
+    except (ModelFileError, FeatureMismatchError) as err:
+        raise fail(str(err)) from None
+    if out is None:
+        console.print(scores.to_string(index=False))
+    else:
+        scores.to_csv(out, index=False)
+        console.print(f"scored {len(scores):,} patients; wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `classify` and `classify-score` to the root app."""
+    app.command("classify")(classify_cmd)
+    app.command("classify-score")(score_cmd)

@@ -1,0 +1,261 @@
+"""`sepsis-rl train | evaluate | recommend`: the command-line layer of the DQN agent.
+
+Only this module prints and chooses exit codes; the work is done in `training.rl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from sepsis_rl.cli.console import console, fail, parse_sets
+from sepsis_rl.common.intervals import format_interval
+from training.rl.evaluate import COMPARED_METRICS, TEST_EPISODES, TEST_SEED
+
+
+def train_cmd(
+    env: Annotated[str | None, typer.Option(help="Gymnasium id, also module:EnvId-v0.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file with RLOptions fields.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Run directory (metrics, checkpoints).")] = Path(
+        "runs/dqn"
+    ),
+    episodes: Annotated[int | None, typer.Option(help="Budget: training episodes.")] = None,
+    env_steps: Annotated[int | None, typer.Option(help="Budget: sampled env steps.")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Budget: wall seconds.")] = None,
+    num_env_runners: Annotated[int | None, typer.Option(help="Parallel env runners.")] = None,
+    seed: Annotated[int | None, typer.Option(help="The run's seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override any RLOptions field: --set lr=1e-3 (repeatable)."),
+    ] = None,
+    sync_to: Annotated[
+        str | None, typer.Option(help="Mirror the run dir to shared storage (s3://, gs://).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
+    ] = None,
+) -> None:
+    """Train the dueling double DQN with prioritized replay on Ray RLlib."""
+    from training.rl.options import load_options
+    from training.rl.run_dir import load_run_options
+    from training.rl.train import train
+
+    overrides: dict[str, Any] = parse_sets(set_)
+    given = {
+        "env": env,
+        "num_env_runners": num_env_runners,
+        "seed": seed,
+        "episodes": episodes,
+        "env_steps": env_steps,
+        "time_budget_s": time_budget,
+    }
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    if any(v is not None for v in (episodes, env_steps, time_budget)):
+        # An explicit budget replaces the default one instead of adding to it.
+        for key in ("episodes", "env_steps", "time_budget_s"):
+            overrides.setdefault(key, None)
+    try:
+        options = load_run_options(out, overrides) if resume else load_options(config, overrides)
+        # `load_options` skips None overrides; an explicit budget clears the other budgets.
+        for key in ("episodes", "env_steps", "time_budget_s"):
+            if key in overrides and overrides[key] is None:
+                setattr(options, key, None)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        raise fail(str(err)) from err
+
+    console.print(
+        f"training DQN on [bold]{options.env}[/bold] -> {out} "
+        f"(budget: episodes={options.episodes}, env_steps={options.env_steps}, "
+        f"time={options.time_budget_s}s; env runners={options.num_env_runners})"
+    )
+    table_header = (
+        f"{'iter':>5} {'env steps':>10} {'episodes':>9} {'steps/s':>8} "
+        f"{'return':>9} {'eval':>9} {'vs prot':>8} {'surv vs':>8} {'loss':>8} {'eps':>5} "
+        f"{'runners':>7}"
+    )
+    console.print(
+        "eval: mean return of the greedy policy on validation episodes; vs prot / surv vs: its "
+        "paired return and survival difference to the clinician protocol there (SepsisEnv)",
+        style="dim",
+    )
+    console.print(table_header, style="bold", soft_wrap=True)
+
+    def show(m) -> None:
+        console.print(
+            f"{m.iteration:>5} {m.env_steps:>10} {m.episodes:>9} {_fmt(m.steps_per_s, 0):>8} "
+            f"{_fmt(m.episode_return_mean):>9} {_fmt(m.eval_return_mean):>9} "
+            f"{_fmt(m.eval_return_minus_protocol):>8} {_fmt(m.eval_survival_minus_protocol, 3):>8} "
+            f"{_fmt(m.qf_loss, 3):>8} {m.epsilon:>5.2f} {m.healthy_env_runners:>7}",
+            soft_wrap=True,  # one row per line also when the output is not a terminal
+        )
+
+    try:
+        result = train(
+            options, out, resume=resume, on_iteration=show, sync_uri=sync_to, ray_address=address
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
+        raise fail(str(err)) from err
+    console.print(
+        f"stopped: {result.stop_reason} after {result.iterations} iterations, "
+        f"{result.env_steps} env steps, {result.episodes} episodes, {result.elapsed_s:.0f} s; "
+        f"best eval return {_fmt(result.best_eval_return)}"
+    )
+    console.print(f"last checkpoint: {result.last_checkpoint}")
+    if result.best_checkpoint:
+        console.print(f"best checkpoint: {result.best_checkpoint}")
+
+
+def _ci_table(title: str, by_policy: dict) -> Table:
+    """One row per policy and age group, each metric as estimate [95% CI]."""
+    table = Table(title=title)
+    for col in ("policy", "group", *COMPARED_METRICS):
+        table.add_column(col)
+    for name, groups in by_policy.items():
+        for group, m in groups.items():
+            table.add_row(name, group, *(format_interval(m[k]) for k in COMPARED_METRICS))
+    return table
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoints/last or checkpoints/best.")],
+    episodes: Annotated[
+        int, typer.Option(help="Test episodes per policy (paired).")
+    ] = TEST_EPISODES,
+    seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.")] = TEST_SEED,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write tables and figures (default: run/eval).")
+    ] = None,
+    env: Annotated[
+        str | None, typer.Option(help="icu-sepsis: exact value from the MDP's matrices.")
+    ] = None,
+    export_policy: Annotated[
+        Path | None, typer.Option(help="ICU-Sepsis: write the greedy action per state (.npy).")
+    ] = None,
+) -> None:
+    """Greedy policy vs random, no-treatment, all-treatments and protocol on test patients.
+
+    On ICU-Sepsis (`--env icu-sepsis`, or a checkpoint trained on it) the greedy policy's value is
+    computed exactly instead, beside the random, clinician and optimal values."""
+    from sepsis_env.ids import is_icu_sepsis
+    from training.rl.icu_sepsis import trained_on_icu_sepsis
+
+    if is_icu_sepsis(env) or trained_on_icu_sepsis(checkpoint):
+        return evaluate_icu_sepsis(checkpoint, export_policy, out)
+    from training.rl.evaluate import beats_protocol, evaluate_checkpoint
+    from training.rl.evaluate import write_evaluation as write
+    from training.rl.policy import LEARNED, REFERENCE
+
+    out = out or checkpoint.resolve().parent.parent / "eval"
+    try:
+        result = evaluate_checkpoint(checkpoint, episodes=episodes, seed=seed)
+        written = write(result, out)
+    except (FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from err
+    report = result["report"]
+    console.print(
+        _ci_table(f"{episodes} test episodes per policy (paired), 95% CI", report["policies"])
+    )
+    console.print(
+        _ci_table(
+            f"difference to the {REFERENCE} (paired, 95% CI)", report["difference_to_protocol"]
+        )
+    )
+    verdict = beats_protocol(report)
+    console.print(
+        f"{LEARNED} beats the {REFERENCE} (CI above zero): "
+        + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in verdict.items())
+    )
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def recommend_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoints/last or checkpoints/best.")],
+    patient: Annotated[Path, typer.Option(help="JSON file: HR, O2Sat, SBP, DBP, MAP, ...")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Recommended action and the Q-value of every action for one patient state."""
+    from training.rl.recommend import PatientError, recommend
+
+    try:
+        text = patient.read_text()
+    except OSError as err:
+        raise fail(f"cannot read {patient}: {err.strerror}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise fail(
+            f"{patient}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from err
+    try:
+        result = recommend(checkpoint, data, source=str(patient))
+    except (PatientError, FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from err
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    console.print(f"recommended: [bold]{result['action']} {result['action_name']}[/bold]")
+    table = Table(title="Q-value of every action (expected return)")
+    table.add_column("action")
+    table.add_column("Q", justify="right")
+    best = max(result["q_values"].values())
+    for name, q in result["q_values"].items():
+        table.add_row(name, f"{q:.3f}", style="bold green" if q == best else None)
+    console.print(table)
+
+
+def evaluate_icu_sepsis(
+    checkpoint: Path, export_policy: Path | None = None, out: Path | None = None
+) -> None:
+    """Print the exact value of the checkpoint's greedy policy beside the references; write the
+    report (JSON), the learning curve (PNG) and, if asked, the greedy action per state (.npy)."""
+    from sepsis_env.icu_sepsis import ICUSepsisNotInstalledError
+    from training.rl.icu_sepsis import (
+        evaluate_checkpoint,
+        exact_evaluator,
+        format_report,
+        plot_exact_learning_curve,
+    )
+
+    try:
+        actions, report = evaluate_checkpoint(checkpoint)
+    except (ICUSepsisNotInstalledError, FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from err
+    console.print(format_report(report))
+
+    run_dir = checkpoint.resolve().parent.parent
+    out = out or run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "icu_sepsis_exact.json"]
+    written[0].write_text(json.dumps({"checkpoint": str(checkpoint), **report.to_dict()}, indent=2))
+    metrics_csv = run_dir / "metrics.csv"
+    if metrics_csv.exists():
+        reference = exact_evaluator(report.strategy).baselines_
+        figure = out / "icu_sepsis_learning_curve.png"
+        written.append(plot_exact_learning_curve(metrics_csv, figure, reference))
+    if export_policy is not None:
+        export_policy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(export_policy, actions)
+        written.append(export_policy)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train`, `evaluate` and `recommend` to the root `sepsis-rl` app."""
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("recommend")(recommend_cmd)

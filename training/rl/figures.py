@@ -1,0 +1,254 @@
+"""Figures of a trained policy: training returns, test returns, typical patients, actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sepsis_env.env import OBS_INDEX
+from sepsis_env.physiology import LACTATE_STABLE_MMOL_L, MAP_TARGET_MMHG, SPO2_STABLE_PCT
+from training.rl.envs import evaluation_env_kwargs, make_raw_env
+from training.rl.policy import LEARNED, POLICY_NAMES, REFERENCE, load_policy, sepsis_policies
+
+
+# --- Figures ------------------------------------------------
+def write_figures(result: dict, run_dir: Path, out: Path) -> list[Path]:
+    """The evaluation figures as PNG files in `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = []
+    episodes_csv = run_dir / "episodes.csv"
+    if episodes_csv.exists():
+        paths.append(plot_training_returns(episodes_csv, out / "training_returns.png"))
+    paths.append(plot_return_histograms(result["evaluations"], out / "evaluation_returns.png"))
+    paths.append(plot_typical_patients(result, out / "vitals_typical_patients.png"))
+    paths.append(plot_action_frequencies(result["steps"], out / "actions_by_group_and_state.png"))
+    return paths
+
+
+def plot_training_returns(episodes_csv: Path, path: Path, window: int = 100) -> Path:
+    """Return of every training episode, its rolling mean, and (when the run had a greedy
+    evaluation) the greedy policy's mean return on the fixed validation episodes."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(episodes_csv)
+    episode = np.arange(1, len(df) + 1)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(episode, df["episode_return"], ".", ms=2, alpha=0.25, color="C7",
+            label="training episode (exploring)")  # fmt: skip
+    rolling = df["episode_return"].rolling(window, min_periods=max(1, window // 5)).mean()
+    ax.plot(episode, rolling, lw=2, color="C0", label=f"rolling mean of {window} episodes")
+    metrics_csv = episodes_csv.with_name("metrics.csv")
+    if metrics_csv.is_file():
+        metrics = pd.read_csv(metrics_csv)
+        if "eval_return_mean" in metrics and metrics["eval_return_mean"].notna().any():
+            valid = metrics.dropna(subset=["eval_return_mean"])
+            ax.plot(valid["episodes"], valid["eval_return_mean"], "o-", ms=4, color="C3",
+                    label="greedy policy, validation patients")  # fmt: skip
+    ax.set(
+        xlabel="training episode",
+        ylabel="episode return",
+        title="Return during training",
+    )
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_return_histograms(evaluations: dict, path: Path) -> Path:
+    """Histogram of evaluation returns per policy, on shared bins."""
+    import matplotlib.pyplot as plt
+
+    all_returns = np.concatenate([e.returns for e in evaluations.values()])
+    bins = np.linspace(all_returns.min(), all_returns.max(), 40)
+    fig, axes = plt.subplots(
+        len(evaluations), 1, figsize=(9, 1.8 * len(evaluations)), sharex=True, sharey=True
+    )
+    for ax, (name, e) in zip(axes, evaluations.items(), strict=True):
+        ax.hist(e.returns, bins=bins, color="C0" if name == LEARNED else "C7")
+        ax.axvline(e.returns.mean(), color="C3", lw=1.5)
+        ax.set_title(
+            f"{POLICY_NAMES.get(name, name)}: mean {e.returns.mean():.2f}", fontsize=9, loc="left"
+        )
+        ax.set_ylabel("episodes")
+    axes[-1].set_xlabel(
+        "episode return (red line: mean; near +15: discharged alive, near -15: died)"
+    )
+    fig.suptitle("Returns on test patients, one episode per patient and policy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def typical_episode_indices(evaluation) -> list[int]:
+    """One episode per age group whose start MAP is the group's median: a typical patient."""
+    from sepsis_env.env import AGE_GROUPS
+
+    picks = []
+    for g in range(len(AGE_GROUPS)):
+        idx = np.flatnonzero(evaluation.age_group == g)
+        if len(idx):
+            maps = evaluation.start_map[idx]
+            picks.append(int(idx[np.argmin(np.abs(maps - np.median(maps)))]))
+    return picks
+
+
+def trace_episode(policy, env_id: str, kwargs: dict, seed: int, episode: int):
+    """Observations and actions of one episode (reset with `seed + episode`, as in evaluate)."""
+    env = make_raw_env({"env_id": env_id, "env_kwargs": kwargs})
+    obs, _ = env.reset(seed=seed + episode)
+    rng = np.random.default_rng([seed, episode])
+    observations, actions, done = [obs], [], False
+    while not done:
+        action = int(policy(obs, rng))
+        obs, _, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        done = terminated or truncated
+    env.close()
+    return np.array(observations), np.array(actions), info.get("outcome", "")
+
+
+TRACED_VITALS = (
+    ("MAP", "MAP (mmHg)", MAP_TARGET_MMHG),
+    ("O2Sat", "SpO2 (%)", SPO2_STABLE_PCT),
+    ("HR", "Heart rate (bpm)", None),
+    ("Lactate", "Lactate (mmol/L)", LACTATE_STABLE_MMOL_L),
+)
+"""Vitals drawn for each typical patient: observation name, axis label, clinical threshold."""
+TREATMENT_LANES = ("oxygen", "ventilation", "vasopressors")
+"""The organ supports drawn as lanes under each patient's vitals (blue, orange, green)."""
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)))
+
+
+def plot_typical_patients(result: dict, path: Path) -> Path:
+    """Vitals over one episode under each policy, for a typical patient of each age group."""
+    import matplotlib.pyplot as plt
+
+    report = result["report"]
+    policy = load_policy(report["checkpoint"])
+    kwargs = evaluation_env_kwargs(policy.options, report["env_kwargs"]["split"])
+    if "cohort" in report["env_kwargs"]:
+        kwargs["cohort"] = report["env_kwargs"]["cohort"]  # the patients the evaluation used
+    policies = sepsis_policies(policy)
+    picks = typical_episode_indices(result["evaluations"][REFERENCE])
+    # Per patient: a row of vitals, and under it the treatments each policy gave, full width.
+    fig = plt.figure(figsize=(15, 5.6 * len(picks)))
+    grid = fig.add_gridspec(
+        2 * len(picks), len(TRACED_VITALS), height_ratios=[1.0, 0.62] * len(picks)
+    )
+    for row, episode in enumerate(picks):
+        axes = [fig.add_subplot(grid[2 * row, col]) for col in range(len(TRACED_VITALS))]
+        lanes_ax = fig.add_subplot(grid[2 * row + 1, :])
+        traces = {
+            name: trace_episode(pol, policy.options.env, kwargs, report["seed"], episode)
+            for name, pol in policies.items()
+        }
+        longest = max(float(obs[-1, OBS_INDEX["hours"]]) for obs, _, _ in traces.values())
+        _draw_vitals(axes, traces, longest)
+        _draw_treatment_lanes(lanes_ax, traces, longest)
+        age = result["evaluations"][REFERENCE].age[episode]
+        axes[0].set_ylabel(f"patient aged {int(age)}", fontsize=11, fontweight="bold")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=10,
+               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    fig.suptitle(
+        "One typical test patient per age group (median starting MAP of the group), treated by "
+        "each policy: same patient, same random stream. Dotted grey: "
+        f"MAP {MAP_TARGET_MMHG:g}, SpO2 {SPO2_STABLE_PCT:g}, lactate {LACTATE_STABLE_MMOL_L:g}.",
+        y=0.985, fontsize=11,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _draw_vitals(axes: list, traces: dict, longest: float) -> None:
+    """One panel per traced vital: a line per policy, the clinical threshold dotted."""
+    for k, (name, (obs, _, _)) in enumerate(traces.items()):
+        t = obs[:, OBS_INDEX["hours"]]
+        for ax, (vital, _, _) in zip(axes, TRACED_VITALS, strict=True):
+            ax.plot(
+                t, obs[:, OBS_INDEX[vital]], color=f"C{k}", ls=LINE_STYLES[k % len(LINE_STYLES)],
+                lw=2.6 if name == LEARNED else 1.4, label=POLICY_NAMES.get(name, name),
+            )  # fmt: skip
+    for ax, (_, label, threshold) in zip(axes, TRACED_VITALS, strict=True):
+        if threshold is not None:
+            ax.axhline(threshold, color="0.6", lw=0.8, ls=":")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlim(0, longest)
+        ax.tick_params(labelsize=8)
+
+
+def _draw_treatment_lanes(ax, traces: dict, longest: float) -> None:
+    """Which organ support ran in each interval, a lane per support and policy, with the
+    episode's outcome in the policy's label."""
+    ticks, labels = [], []
+    for k, (name, (obs, actions, outcome)) in enumerate(traces.items()):
+        t = obs[:, OBS_INDEX["hours"]]
+        base = 4 * (len(traces) - 1 - k)
+        step = t[1] - t[0] if len(t) > 1 else 4.0
+        for j, flag in enumerate(TREATMENT_LANES):
+            on = [(t[i], step) for i in range(len(actions)) if obs[i + 1, OBS_INDEX[flag]]]
+            ax.broken_barh(on, (base + j, 0.9), color=f"C{j}")
+        ticks.append(base + 1.45)
+        labels.append(f"{POLICY_NAMES.get(name, name)}: {outcome}")
+    ax.set_yticks(ticks, labels, fontsize=9)
+    ax.set_xlim(0, longest)
+    ax.set_xlabel("hours since the start of the episode", fontsize=9)
+    ax.set_title(
+        "treatment given: blue oxygen, orange ventilation, green vasopressors (ends at "
+        "discharge or death)",
+        fontsize=9,
+    )
+
+
+def action_frequencies(steps: dict) -> dict[str, np.ndarray]:
+    """Share of each action chosen by the learned policy, by age group and by state."""
+    from sepsis_env.env import ACTION_NAMES, AGE_GROUPS, age_group
+
+    obs, actions = steps["obs"], steps["actions"]
+    groups = {}
+    ages = np.array([age_group(a) for a in obs[:, OBS_INDEX["Age"]]]) if len(obs) else np.array([])
+    for g, (label, _, _) in enumerate(AGE_GROUPS):
+        groups[f"age {label}"] = actions[ages == g]
+    hypotensive = obs[:, OBS_INDEX["MAP"]] < MAP_TARGET_MMHG
+    hypoxaemic = obs[:, OBS_INDEX["O2Sat"]] < SPO2_STABLE_PCT
+    groups[f"MAP < {MAP_TARGET_MMHG:g}"] = actions[hypotensive]
+    groups[f"MAP >= {MAP_TARGET_MMHG:g}"] = actions[~hypotensive]
+    groups[f"SpO2 < {SPO2_STABLE_PCT:g}"] = actions[hypoxaemic]
+    groups[f"SpO2 >= {SPO2_STABLE_PCT:g}"] = actions[~hypoxaemic]
+    n = len(ACTION_NAMES)
+    return {k: np.bincount(v, minlength=n) / max(1, len(v)) for k, v in groups.items()}
+
+
+def plot_action_frequencies(steps: dict, path: Path) -> Path:
+    """Stacked bars: how often the learned policy picks each action, by age group and state."""
+    import matplotlib.pyplot as plt
+
+    from sepsis_env.env import ACTION_NAMES
+
+    freqs = action_frequencies(steps)
+    fig, ax = plt.subplots(figsize=(11, 5))
+    bottom = np.zeros(len(freqs))
+    labels = list(freqs)
+    for a, name in enumerate(ACTION_NAMES):
+        share = np.array([freqs[k][a] for k in labels])
+        ax.bar(labels, share, bottom=bottom, label=name, color=plt.cm.tab10(a))
+        bottom += share
+    ax.set(
+        ylabel="share of the learned policy's decisions",
+        title="Learned policy on test patients: actions by age group and by state",
+    )
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,104 @@
+"""`recommend`: the learned policy's action and every action's Q-value for one patient state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sepsis_env.ids import is_sepsis_env
+from training.rl.policy import load_policy
+
+# --- recommend ------------------------------------------------
+VITALS = ("HR", "O2Sat", "SBP", "DBP", "MAP", "Resp", "Temp", "Lactate", "Age")
+"""Vitals a patient file must give, by PhysioNet name."""
+
+
+CONTEXT_DEFAULTS = {
+    "oxygen": 0.0,
+    "ventilation": 0.0,
+    "vasopressors": 0.0,
+    "ventilation_hours": 0.0,
+    "vasopressor_hours": 0.0,
+    "stable_hours": 0.0,
+    "hours": 0.0,
+}
+"""What a clinician may not have at hand: no support running, at the start of the episode."""
+
+
+FLAGS = ("oxygen", "ventilation", "vasopressors")
+
+
+class PatientError(ValueError):
+    """A patient file that cannot be turned into an observation; the message says why."""
+
+
+def patient_observation(patient: dict, source: str = "patient") -> np.ndarray:
+    """The SepsisEnv observation for a patient given by PhysioNet names (+ optional context).
+
+    Raises `PatientError` naming every missing, unknown, non-numeric or impossible value.
+    """
+    from sepsis_env.env import OBS_HIGH, OBS_INDEX, OBS_LOW, OBS_NAMES, OBS_UNITS
+
+    if not isinstance(patient, dict):
+        raise PatientError(
+            f"{source}: expected a JSON object of vitals, got {type(patient).__name__}"
+        )
+    problems = []
+    missing = [name for name in VITALS if name not in patient]
+    if missing:
+        problems.append(f"missing vitals {missing} (required: {list(VITALS)})")
+    unknown = sorted(set(patient) - set(OBS_NAMES))
+    if unknown:
+        problems.append(f"unknown fields {unknown} (known: {list(OBS_NAMES)})")
+    values = dict(CONTEXT_DEFAULTS)
+    for name, raw in patient.items():
+        if name not in OBS_INDEX:
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            problems.append(f"{name}: {raw!r} is not a number")
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"{name}: {raw!r} is not a number")
+            continue
+        i = OBS_INDEX[name]
+        if not np.isfinite(value):
+            problems.append(f"{name}: {raw!r} is not a finite number")
+        elif not OBS_LOW[i] <= value <= OBS_HIGH[i]:
+            problems.append(
+                f"{name}: {value:g} {OBS_UNITS[i]} is impossible "
+                f"(allowed {OBS_LOW[i]:g} to {OBS_HIGH[i]:g} {OBS_UNITS[i]})"
+            )
+        elif name in FLAGS and value not in (0.0, 1.0):
+            problems.append(f"{name}: {value:g} must be 0 (not running) or 1 (running)")
+        values[name] = value
+    if not problems and values["SBP"] < values["DBP"]:
+        problems.append(f"SBP {values['SBP']:g} below DBP {values['DBP']:g} mmHg is impossible")
+    if not problems and not values["DBP"] <= values["MAP"] <= values["SBP"]:
+        problems.append(
+            f"MAP {values['MAP']:g} must lie between DBP {values['DBP']:g} and "
+            f"SBP {values['SBP']:g} mmHg"
+        )
+    if problems:
+        raise PatientError(f"{source}: " + "; ".join(problems))
+    return np.array([values[name] for name in OBS_NAMES], dtype=np.float32)
+
+
+def recommend(checkpoint: str | Path, patient: dict, source: str = "patient") -> dict:
+    """The greedy action and the Q-value of every action for one patient state."""
+    from sepsis_env.env import ACTION_NAMES, OBS_NAMES
+
+    policy = load_policy(checkpoint)
+    if not is_sepsis_env(policy.options.env):
+        raise ValueError(f"{checkpoint} was trained on {policy.options.env}, not SepsisEnv")
+    obs = patient_observation(patient, source)
+    q = policy.q_values(obs[None])[0]
+    action = int(np.argmax(q))
+    return {
+        "action": action,
+        "action_name": ACTION_NAMES[action],
+        "q_values": {ACTION_NAMES[a]: float(q[a]) for a in range(len(ACTION_NAMES))},
+        "observation": {name: float(v) for name, v in zip(OBS_NAMES, obs, strict=True)},
+    }

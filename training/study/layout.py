@@ -1,0 +1,29 @@
+"""Where a study keeps its parts: the stage folders in the order they run, and its own files.
+
+raw/         synthetic cohort (.psv), only when no --data is given
+prepared/    data prepare: canonical table, split, cleaning, features, environment cohort
+classify/    classifiers with and without oversampling, on real held-out patients
+rl/          Dueling Double DQN on SepsisEnv (training patients of the environment cohort)
+evaluation/  greedy policy against the clinical baselines on test patients
+report.html, report.md, study_options.json
+"""
+
+from __future__ import annotations
+
+RAW = "raw"
+PREPARED = "prepared"
+CLASSIFY = "classify"
+RL = "rl"
+EVALUATION = "evaluation"
+STAGE_NAMES = (RAW, PREPARED, CLASSIFY, RL, EVALUATION)
+"""The stage folders, in the order the study runs them."""
+
+RAW_PSV = "psv"
+"""Folder of the synthetic .psv files inside `raw/`."""
+RL_STARTED = "started.yaml"
+"""Inside `rl/`: the key of the training run in progress (a rerun resumes it only if it matches)."""
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+REPORT_FILES = (REPORT_HTML, REPORT_MD)
+OPTIONS_FILE = "study_options.json"
+"""The effective options of the study, written with the report."""

@@ -1,0 +1,730 @@
+"""The study report: what a clinician-researcher reads after `sepsis-rl run`.
+
+Built only from the stage outputs on disk (never from in-memory state), so it can be rebuilt from
+a copied results folder. Every number comes with its 95% interval where one exists, and the report
+says plainly what is synthetic and what the figures do and do not show.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_prep.fidelity import fidelity_verdict
+from sepsis_env import ACTION_NAMES, MAX_EPISODE_STEPS
+from sepsis_env.env import (
+    DEATH_REWARD,
+    DEFAULT_STEP_HOURS,
+    DISCHARGE_REWARD,
+    OXYGEN_COST,
+    SCORE_SHAPING,
+    VASOPRESSOR_COST,
+    VENTILATION_COST,
+)
+from sepsis_env.physiology import DISCHARGE_STABLE_HOURS
+from sepsis_env.policies import clinician_protocol
+from sepsis_rl.common.files import write_json_atomic, write_text_atomic
+from sepsis_rl.common.intervals import format_interval
+from training.classification.documents import (
+    FIDELITY_HEADER,
+    candidate_key,
+    comparison_rows,
+    effects_by_model,
+    fidelity_rows,
+    has_undefined_mark,
+    model_label,
+    selected_against_baseline_rows,
+)
+from training.classification.metrics import METRIC_LABELS, THRESHOLD_RULE_LABELS, UNDEFINED_NOTE
+from training.rl.policy import POLICY_NAMES
+from training.study.documents import (
+    Bullets,
+    Figure,
+    Paragraph,
+    Section,
+    Table,
+    render_html,
+    render_markdown,
+)
+from training.study.layout import (
+    CLASSIFY,
+    EVALUATION,
+    OPTIONS_FILE,
+    PREPARED,
+    REPORT_HTML,
+    REPORT_MD,
+    RL,
+    STAGE_NAMES,
+)
+
+TITLE = "Sepsis treatment study"
+COMPARISON_METRICS = ("pr_auc", "roc_auc", "brier")
+"""Test metrics of every candidate in the report's comparison table (then validation PR-AUC)."""
+SELECTED_MODEL_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "recall",
+    "specificity",
+    "precision",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+)
+"""Test metrics of the selected model beside the trivial baseline, in table order."""
+CLASSIFIER_FIGURES = (
+    (
+        "roc_pr_curves.png",
+        "ROC and precision-recall curves on the test patients (the selected model thick; "
+        "legend values are ROC-AUC and PR-AUC)",
+    ),
+    ("calibration.png", "Calibration on the test patients"),
+)
+"""(file in `classify/`, caption) of each classifier figure, in report order."""
+EVALUATION_FIGURES = (
+    (
+        "vitals_typical_patients.png",
+        "Vitals and treatments over an episode under each policy, for one typical test "
+        "patient per age group (the patient whose starting MAP is the group's median)",
+    ),
+    (
+        "actions_by_group_and_state.png",
+        "How often the learned policy chooses each action, by age group and by state",
+    ),
+)
+"""(file in `evaluation/`, caption) of the figures of the vitals section, in report order."""
+VERSIONED_PACKAGES = (
+    "ray",
+    "torch",
+    "gymnasium",
+    "scikit-learn",
+    "xgboost-cpu",
+    "ctgan",
+    "imbalanced-learn",
+    "pandas",
+    "numpy",
+)
+
+
+def write_report(out: Path, options, data: Path | None) -> tuple[Path, Path]:
+    """Write `report.html` (self-contained) and `report.md` into `out`; return their paths."""
+    from training.study.options import options_document
+
+    out = Path(out)
+    sections = build_sections(out, options_document(options), data)
+    md_path, html_path = out / REPORT_MD, out / REPORT_HTML
+    write_text_atomic(md_path, render_markdown(TITLE, sections, out))
+    write_text_atomic(html_path, render_html(TITLE, sections))
+    write_json_atomic(out / OPTIONS_FILE, options_document(options))
+    return html_path, md_path
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_sections(out: Path, options: dict, data: Path | None) -> list[Section]:
+    """Every section of the report, from the stage folders under `out`."""
+    prepared = _load_json(out / PREPARED / "report.json")
+    metrics = _load_json(out / CLASSIFY / "metrics.json")
+    evaluation = _load_json(out / EVALUATION / "evaluation.json")
+    rl_summary = _load_json(out / RL / "summary.json")
+    sections = [_about(data, prepared, evaluation, options)]
+    if prepared:
+        sections += [_cohort(out, prepared), _cleaning(prepared)]
+    if metrics:
+        sections += [_classifiers(out, metrics), _fidelity(out)]
+    if rl_summary or evaluation:
+        sections.append(_training(out, rl_summary))
+    if evaluation:
+        sections += [
+            _policies(out, evaluation),
+            _age_groups(evaluation),
+            _vitals_and_actions(out, evaluation),
+        ]
+    sections.append(_settings(out, options, data))
+    return sections
+
+
+def _about(
+    data: Path | None, prepared: dict | None, evaluation: dict | None, options: dict
+) -> Section:
+    source = (
+        "a **synthetic** cohort generated by `sepsis-rl data synth` from published statistics "
+        "of the PhysioNet/CinC 2019 sepsis data"
+        if data is None
+        else f"the data read from `{data}`"
+    )
+    blocks: list = []
+    if options.get("quick"):
+        blocks.append(
+            Paragraph(
+                "**This is a `--quick` demonstration run**: a small cohort, a GAN trained for a "
+                "few epochs and a DQN trained for under a minute. It shows that every stage works "
+                "and what the report holds; its numbers are not representative. Run "
+                "`sepsis-rl run` without `--quick` for the full study."
+            )
+        )
+    held_out = (
+        "held-out test patients (never GAN-generated; in this run they are themselves "
+        "synthetic patients from the generator above)"
+        if data is None
+        else "real held-out test patients (never GAN-generated)"
+    )
+    items = [
+        f"Patients: {source}. The patient split (train / validation / test) was made once, "
+        "before anything was fitted; every fitted step saw training patients only.",
+        f"Classifier figures are on {held_out}, at their true prevalence; GAN-generated rows "
+        "were used for training only.",
+        "The treatment policy was learned and evaluated in **SepsisEnv**, a simulator whose "
+        "dynamics are modelling assumptions documented in `sepsis_env/`: differences between "
+        "policies are differences *in the simulator*, not evidence about real patients.",
+        "All intervals are 95% intervals (bootstrap over patients for the classifiers; normal "
+        "approximation over paired episodes for the policies). Differences between policies "
+        "are in percentage points (pp) for rates.",
+    ]
+    if data is None:
+        items.append(
+            "Because the patients are synthetic, nothing here says how a model would do on real "
+            "ICU data; the report shows that the pipeline works and how its parts compare."
+        )
+    blocks.append(Bullets(items))
+    return Section("What this report is, and is not", blocks)
+
+
+def _cohort(out: Path, prepared: dict) -> Section:
+    raw = prepared["raw"]
+    source = Path(prepared["input"]["path"])
+    if source.is_relative_to(out.resolve()):
+        source = source.relative_to(out.resolve())
+    rows = []
+    for name in ("train", "val", "test"):
+        counts = [
+            prepared["split"].get(str(k), prepared["split"].get(k, {})).get(name, 0) for k in (0, 1)
+        ]
+        total = sum(counts)
+        rows.append(
+            [name, f"{total:,}", f"{counts[1]:,}", f"{100 * counts[1] / max(total, 1):.1f}%"]
+        )
+    return Section(
+        "Cohort",
+        [
+            Paragraph(
+                f"{raw['patients']:,} ICU stays ({raw['septic_patients']:,} septic, "
+                f"{100 * raw['septic_patients'] / raw['patients']:.1f}%), {raw['rows']:,} hourly "
+                f"rows ({raw['rows_label_1']:,} labelled septic), read from "
+                f"{prepared['input']['kind']} `{source}`."
+            ),
+            Table(["split", "patients", "septic", "prevalence"], rows, "Patient split"),
+            Paragraph(_feature_prevalence(prepared)),
+        ],
+    )
+
+
+def _feature_prevalence(prepared: dict) -> str:
+    """Why the classifiers see a lower prevalence than the split table shows."""
+    windows = prepared["windows"]
+    counts = windows["patients_with_features"]
+    septic = sum(counts.get("1", counts.get(1, {})).values())
+    total = septic + sum(counts.get("0", counts.get(0, {})).values())
+    return (
+        f"The classifiers see {total:,} of these patients ({septic:,} septic, "
+        f"{100 * septic / max(total, 1):.1f}%): "
+        f"{windows['excluded_labelled_from_first_hour']:,} septic patients labelled from their "
+        "first hour have no hours before the label to compute features from and are left out "
+        "(the reference data has about 13% such stays)."
+    )
+
+
+def _cleaning(prepared: dict) -> Section:
+    cleaning = prepared["cleaning"]
+    out = cleaning["outliers"]
+    skipped = prepared["skipped"]
+    implausible = prepared["implausible_values"]
+    kept, dropped = cleaning["kept_measurements"], cleaning["dropped_columns"]
+    mode = {
+        "clip": "values outside the fences were moved to the nearest fence (clipped)",
+        "drop": "rows holding such values were dropped, which removes septic rows "
+        "disproportionately",
+        "none": "values outside the fences were kept as they are",
+    }.get(cleaning["outlier_mode"], cleaning["outlier_mode"])
+    items = [
+        f"**The classifiers use {len(kept)} of {len(kept) + len(dropped)} measurements**: "
+        f"{', '.join(kept)}. The other {len(dropped)} were missing in more than "
+        f"{cleaning['missing_threshold']:.0%} of training rows and were dropped (as in the "
+        f"original study): {', '.join(dropped) or 'none'}. Labs are measured rarely, so this "
+        "threshold removes nearly all of them; `--missing-threshold` changes it.",
+        f"Outliers by Tukey's rule (outside the quartiles +/- {cleaning['iqr_k']} x IQR, "
+        "computed on training rows): "
+        f"{out['values_outside_fences']['label_0']:,} values in unlabelled rows and "
+        f"{out['values_outside_fences']['label_1']:,} in septic-labelled rows; {mode}.",
+        f"Imputation: {sum(cleaning['imputed']['carried_forward'].values()):,} values carried "
+        f"forward within a patient, {sum(cleaning['imputed']['training_median'].values()):,} "
+        "filled with training medians.",
+        "Values outside the physiologically plausible ranges of the data's reference "
+        f"description (counted, kept): {sum(implausible.values()):,}.",
+        f"Skipped malformed files: {len(skipped)}.",
+        "Classifier features use only hours before the first septic label (at most "
+        f"{prepared['options']['max_window_hours']} h), so no feature sees the label window.",
+    ]
+    return Section("What cleaning did", [Bullets(items)])
+
+
+def _classifiers(out: Path, metrics: dict) -> Section:
+    comparison = _comparison(metrics)
+    against_baseline = _selected_against_baseline(metrics)
+    blocks: list = [
+        Paragraph(_prevalence_text(metrics)),
+        comparison,
+        Paragraph(_selection_text(metrics)),
+        against_baseline,
+    ]
+    if has_undefined_mark(comparison.rows + against_baseline.rows):
+        blocks.append(Paragraph(UNDEFINED_NOTE))
+    blocks += _oversampling_effects(metrics["oversampling_effect"])
+    blocks += _figures(out / CLASSIFY, CLASSIFIER_FIGURES)
+    return Section("Sepsis classifiers, with and without GAN oversampling", blocks)
+
+
+def _prevalence_text(metrics: dict) -> str:
+    """Why accuracy alone says nothing at this prevalence, and which scores do."""
+    accuracy = metrics["trivial_baseline"]["test"]["accuracy"]["value"]
+    return (
+        f"Test prevalence {format_interval(metrics['test_prevalence'], percent=True)}: a model "
+        f"that says 'no sepsis' for everyone is {100 * accuracy:.1f}% accurate, so accuracy "
+        "alone cannot show skill; PR-AUC (chance level = prevalence) and ROC-AUC (chance = 0.5) "
+        "can. Brier score: mean squared error of the predicted probability (lower is better)."
+    )
+
+
+def _comparison(metrics: dict) -> Table:
+    header = ["model", "oversampling"]
+    header += [f"{METRIC_LABELS[m]} (test)" for m in COMPARISON_METRICS]
+    header.append(f"{METRIC_LABELS['pr_auc']} (validation)")
+    return Table(
+        header,
+        comparison_rows(metrics, COMPARISON_METRICS, validation=("pr_auc",)),
+        "Every model x oversampling on the test patients (95% bootstrap CIs)",
+    )
+
+
+def _selection_text(metrics: dict) -> str:
+    """How the model was chosen, and a warning when another one scores higher on test."""
+    best, config = metrics["best"], metrics["config"]
+    select = METRIC_LABELS.get(config["select_metric"], "score")
+    text = (
+        f"Chosen on the validation patients by {select}: **{model_label(best['model'])}** with "
+        f"**{best['oversample']}** oversampling (validation {select} "
+        f"{best['validation_value']:.3f}); its decision threshold {best['threshold']:.3f} "
+        f"maximises validation {THRESHOLD_RULE_LABELS[config['threshold_rule']]}."
+    )
+    top = _highest_test_pr_auc(metrics["candidates"])
+    if candidate_key(top) != candidate_key(best):
+        text += (
+            f" On the test patients {model_label(top['model'])} + {top['oversample']} scores a "
+            f"higher PR-AUC ({top['test']['pr_auc']['value']:.3f}); picking by the test score "
+            "would overstate it, so the choice stays with validation. Where intervals overlap, "
+            "the models are not distinguishable on this data."
+        )
+    return text
+
+
+def _highest_test_pr_auc(candidates: list[dict]) -> dict:
+    """The first candidate with the highest test PR-AUC (undefined ones last)."""
+    values = [c["test"]["pr_auc"]["value"] for c in candidates]
+    scores = [-math.inf if value is None else value for value in values]
+    return candidates[scores.index(max(scores))]
+
+
+def _selected_against_baseline(metrics: dict) -> Table:
+    return Table(
+        ["metric (test)", "selected model", "trivial baseline"],
+        selected_against_baseline_rows(metrics, SELECTED_MODEL_METRICS),
+        "The selected model against predicting 'no sepsis' for everyone",
+    )
+
+
+def _oversampling_effects(effects: list[dict]) -> list:
+    header, rows = effects_by_model(effects)
+    if not rows:
+        return []
+    return [
+        Table(
+            header,
+            rows,
+            "Does oversampling help? Test score with oversampling minus without, same model "
+            "(paired bootstrap on the same test patients; an interval containing 0 means no "
+            "detectable difference)",
+        ),
+        Paragraph(
+            "Oversampling trains a model as if septic patients were far more common than "
+            "they are, so its predicted probabilities run high: that is why the Brier score "
+            "of the oversampled models is worse, and their probabilities should not be read "
+            "as risks without recalibration."
+        ),
+    ]
+
+
+def _figures(folder: Path, figures: Sequence[tuple[str, str]]) -> list[Figure]:
+    """The figures of `figures` that exist in `folder`, with their captions."""
+    return [
+        Figure(folder / name, caption) for name, caption in figures if (folder / name).is_file()
+    ]
+
+
+def _fidelity(out: Path) -> Section:
+    fidelity = _load_json(out / CLASSIFY / "fidelity.json")
+    if fidelity is None:
+        return Section("GAN fidelity", [Paragraph("CTGAN was not part of this run.")])
+    if "skipped" in fidelity:
+        return Section("GAN fidelity", [Paragraph(fidelity_verdict(fidelity))])
+    synthetic = fidelity["synthetic"]
+    return Section(
+        "GAN fidelity",
+        [
+            Paragraph(
+                f"{synthetic['n_rows']:,} CTGAN-generated septic patients (the generator trained "
+                f"on training patients only) against {fidelity['n_held_out_real']:,} held-out "
+                "real septic patients. The right-hand column compares two real samples (training "
+                "vs held-out): the floor that sampling noise alone sets. Features the GAN matches "
+                f"worst: {', '.join(synthetic['worst_features'][:5])}."
+            ),
+            Paragraph(fidelity_verdict(fidelity)),
+            Table(FIDELITY_HEADER, fidelity_rows(fidelity)),
+        ],
+    )
+
+
+def _training(out: Path, summary: dict | None) -> Section:
+    blocks: list = []
+    if summary:
+        blocks.append(
+            Paragraph(
+                f"Dueling Double DQN with prioritized replay on Ray RLlib: "
+                f"{summary['episodes']:,} training episodes, {summary['env_steps']:,} environment "
+                f"steps in {summary['elapsed_s'] / 60:.1f} min (stopped by: "
+                f"{summary['stop_reason']})."
+                + (
+                    f" Best greedy return on the fixed validation episodes during training: "
+                    f"{summary['best_eval_return']:.2f}; that checkpoint is the one evaluated "
+                    "on the test patients below."
+                    if math.isfinite(summary["best_eval_return"])
+                    else " No greedy evaluation ran during training, so the last checkpoint was "
+                    "used: a policy from a run this short has not converged and shows only that "
+                    "training works."
+                )
+            )
+        )
+    blocks.append(Paragraph(_reward_text()))
+    figure = out / EVALUATION / "training_returns.png"
+    if figure.is_file():
+        validated = bool(summary) and math.isfinite(summary["best_eval_return"])
+        blocks.append(
+            Figure(
+                figure,
+                "Return during training: each exploring training episode and their rolling mean"
+                + (
+                    ", and the greedy policy on the fixed validation episodes (used to pick the "
+                    "checkpoint)"
+                    if validated
+                    else ""
+                ),
+            )
+        )
+    return Section("RL training", blocks)
+
+
+def _reward_text() -> str:
+    """The outcome reward of `SepsisEnv`, in words, from its constants."""
+    return (
+        f"The return of an episode is what the agent is trained to maximise: {DISCHARGE_REWARD:+g} "
+        f"if the patient leaves the ICU alive, {DEATH_REWARD:+g} if the patient dies, "
+        f"{SCORE_SHAPING:+g} for every point the organ dysfunction score improves in a step "
+        f"(minus {SCORE_SHAPING:g} per point it worsens), and a small cost per step of treatment "
+        f"(oxygen {OXYGEN_COST:g}, vasopressors {VASOPRESSOR_COST:g}, ventilation "
+        f"{VENTILATION_COST:g})."
+    )
+
+
+def _step_hours(out: Path) -> float:
+    config = out / RL / "config.yaml"
+    if config.is_file():
+        kwargs = (yaml.safe_load(config.read_text()) or {}).get("env_kwargs") or {}
+        return float(kwargs.get("step_hours", DEFAULT_STEP_HOURS))
+    return DEFAULT_STEP_HOURS
+
+
+def _direction(est: list | tuple) -> str:
+    return "better" if est[1] > 0 else ("worse" if est[2] < 0 else "no detectable difference")
+
+
+def _policies(out: Path, evaluation: dict) -> Section:
+    hours = _step_hours(out)
+    policies = evaluation["policies"]
+    rows = []
+    for name, groups in policies.items():
+        m = groups["overall"]
+        rows.append(
+            [
+                POLICY_NAMES.get(name, name),
+                format_interval(m["return"], 2),
+                format_interval(m["survival"], percent=True),
+                format_interval(m["discharge"], percent=True),
+                format_interval(tuple(hours * x for x in m["length"]), 0),
+            ]
+        )
+    versus = evaluation.get("learned_minus_baseline", {})
+    diffs = [
+        [
+            POLICY_NAMES.get(name, name),
+            format_interval(groups["overall"]["return"], 2, signed=True),
+            format_interval(groups["overall"]["survival"], points=True),
+            format_interval(groups["overall"]["discharge"], points=True),
+        ]
+        for name, groups in versus.items()
+    ]
+    blocks: list = [
+        Paragraph(
+            f"{evaluation['episodes']:,} episodes per policy on **test** patients the policy "
+            "never trained on; episode i is the same patient and the same random stream for "
+            "every policy, so differences are paired. A step is "
+            f"{hours:g} h of care; an episode ends at discharge, death or after "
+            f"{MAX_EPISODE_STEPS} steps ({MAX_EPISODE_STEPS * hours:g} h). **Survival** counts "
+            "patients alive at the end (discharged, or still in the ICU at the time limit); "
+            "**discharge** only those who left the ICU alive."
+        ),
+        Paragraph(_baselines_text()),
+        Table(
+            ["policy", "mean return", "survival", "discharge", "ICU time (h)"],
+            rows,
+            "Outcomes per policy (95% CIs)",
+        ),
+    ]
+    histogram = out / EVALUATION / "evaluation_returns.png"
+    if histogram.is_file():
+        blocks.append(Figure(histogram, "Distribution of the test returns of each policy"))
+    if diffs:
+        blocks.append(
+            Table(
+                ["learned policy minus", "return", "survival", "discharge"],
+                diffs,
+                "The learned policy against each baseline (paired differences, 95% CIs)",
+            )
+        )
+        protocol = versus.get("protocol", {}).get("overall")
+        if protocol:
+            blocks.append(
+                Paragraph(
+                    "Against the clinician protocol, the learned policy is "
+                    f"**{_direction(protocol['return'])}** on mean return "
+                    f"({format_interval(protocol['return'], 2, signed=True)}) and "
+                    f"**{_direction(protocol['survival'])}** on survival "
+                    f"({format_interval(protocol['survival'], points=True)})."
+                )
+            )
+    return Section("The learned policy against clinical baselines", blocks)
+
+
+def _baselines_text() -> str:
+    """The baseline policies in words, the protocol's thresholds read from the protocol itself."""
+    p = clinician_protocol
+    return (
+        f"The policies: the **clinician protocol** gives oxygen when SpO2 < {p.oxygen_below:g}% "
+        f"(until {p.oxygen_wean_at:g}%), ventilation when SpO2 < {p.ventilate_below:g}% or "
+        f"breathing rate > {p.ventilate_resp_above:g}/min (for at least "
+        f"{p.ventilation_min_hours:g} h, until SpO2 >= {p.ventilation_wean_at:g}%), and "
+        f"vasopressors when MAP < {p.vasopressors_below:g} mmHg (until MAP >= "
+        f"{p.vasopressors_wean_at:g}). **No treatment** gives nothing; **all treatments always** "
+        "gives all three every step (its patients are never discharged: discharge needs "
+        f"{DISCHARGE_STABLE_HOURS:g} h off ventilation and vasopressors); **random** picks one "
+        f"of the {len(ACTION_NAMES)} actions uniformly."
+    )
+
+
+def _age_groups(evaluation: dict) -> Section:
+    policies = evaluation["policies"]
+    groups = [g for g in next(iter(policies.values())) if g != "overall"]
+    reference = next(iter(policies.values()))
+    header = ["policy"] + [
+        f"{group} (n={int(reference[group]['episodes'][0]):,})" for group in groups
+    ]
+    survival = [
+        [POLICY_NAMES.get(name, name)]
+        + [format_interval(by_group[g]["survival"], percent=True) for g in groups]
+        for name, by_group in policies.items()
+    ]
+    returns = [
+        [POLICY_NAMES.get(name, name)] + [format_interval(by_group[g]["return"], 2) for g in groups]
+        for name, by_group in policies.items()
+    ]
+    blocks: list = [
+        Table(header, survival, "Survival by age group (years)"),
+        Table(header, returns, "Mean return by age group"),
+    ]
+    versus = evaluation.get("learned_minus_baseline", {}).get("protocol", {})
+    diff_rows = [
+        [
+            group,
+            format_interval(versus[group]["return"], 2, signed=True),
+            format_interval(versus[group]["survival"], points=True),
+        ]
+        for group in groups
+        if group in versus
+    ]
+    if diff_rows:
+        blocks.append(
+            Table(
+                ["age group", "return difference", "survival difference"],
+                diff_rows,
+                "Learned policy minus clinician protocol, by age group (paired, 95% CIs)",
+            )
+        )
+        verdicts = [f"{group}: {_direction(versus[group]['survival'])}" for group in groups]
+        blocks.append(
+            Paragraph(
+                "Survival of the learned policy against the protocol, by age group: "
+                + "; ".join(verdicts)
+                + ". A gain overall can come from one group alone."
+            )
+        )
+    return Section("By age group", blocks)
+
+
+def _vitals_and_actions(out: Path, evaluation: dict) -> Section:
+    folder = out / EVALUATION
+    hours = _step_hours(out)
+    blocks: list = _figures(folder, EVALUATION_FIGURES)
+    rows = []
+    for name, groups in evaluation["policies"].items():
+        m = groups["overall"]
+        stay = m["length"][0]
+
+        def treated(key: str, m=m, stay=stay) -> str:
+            value, low, high = (hours * x for x in m[key])
+            share = m[key][0] / stay if stay else 0.0
+            return f"{value:.0f} h [{low:.0f}, {high:.0f}] ({share:.0%} of ICU time)"
+
+        rows.append(
+            [
+                POLICY_NAMES.get(name, name),
+                treated("oxygen_steps"),
+                treated("ventilation_steps"),
+                treated("vasopressor_steps"),
+            ]
+        )
+    blocks.append(
+        Table(
+            ["policy", "oxygen", "ventilation", "vasopressors"],
+            rows,
+            "Mean hours per patient on each treatment (95% CIs)",
+        )
+    )
+    return Section("Vitals under each policy, and treatment use", blocks)
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested options as (dotted key, value) rows."""
+    if isinstance(value, dict) and value:
+        rows = []
+        for key, item in value.items():
+            rows += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list | tuple):
+        return [(prefix, ", ".join(str(v) for v in value))]
+    return [(prefix, "(empty)" if value == {} else str(value))]
+
+
+def _settings(out: Path, options: dict, data: Path | None) -> Section:
+    import os
+    from datetime import UTC, datetime
+
+    versions = []
+    for package in ("sepsis-rl", *VERSIONED_PACKAGES):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    commit = _git_commit()
+    stages = []
+    for name in STAGE_NAMES:
+        record = _load_json(out / name / "stage.json")
+        if record:
+            seconds = record.get("seconds")
+            stages.append(
+                [
+                    f"`{name}/`",
+                    "n/a"
+                    if seconds is None
+                    else (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"),
+                    record.get("finished_utc", "n/a"),
+                    record["key"],
+                ]
+            )
+    blocks: list = [
+        Bullets(
+            [
+                f"Input: {data or 'synthetic default'}; seed {options['seed']}.",
+                f"sepsis-rl commit {commit or 'unknown (not a git checkout)'}; report written "
+                f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs.",
+                f"Python {platform.python_version()}; " + ", ".join(versions) + ".",
+            ]
+        ),
+    ]
+    if stages:
+        blocks.append(
+            Table(
+                ["stage (folder beside this report)", "wall time", "finished (UTC)", "input key"],
+                stages,
+                "Stages (a rerun reuses a stage whose input key is unchanged)",
+            )
+        )
+    blocks.append(
+        Table(
+            [f"study option (`{OPTIONS_FILE}`)", "value"],
+            [[f"`{k}`", v] for k, v in _flatten(options)],
+            "Study options (anything not listed takes the default of its stage)",
+        )
+    )
+    metrics = _load_json(out / CLASSIFY / "metrics.json")
+    if metrics and "config" in metrics:
+        blocks.append(
+            Table(
+                ["classifier setting (`classify/metrics.json`)", "value"],
+                [[f"`{k}`", v] for k, v in _flatten(metrics["config"])],
+                "Effective classifier settings",
+            )
+        )
+    config = out / RL / "config.yaml"
+    if config.is_file():
+        rl = yaml.safe_load(config.read_text()) or {}
+        blocks.append(
+            Table(
+                ["RL setting (`rl/config.yaml`)", "value"],
+                [[f"`{k}`", v] for k, v in _flatten(rl)],
+                "Effective RL configuration",
+            )
+        )
+    return Section("Exact settings and versions", blocks)
