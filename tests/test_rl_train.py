@@ -18,14 +18,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
-    PrioritizedEpisodeReplayBuffer,
-)
 
 from training.rl.dqn import build_dqn_config
 from training.rl.envs import BoxNormalization
+from training.rl.fast_dqn import FastDQN, buffer_class_of
 from training.rl.options import RLOptions, load_options
-from training.rl.replay import PriorityFloorEpisodeReplayBuffer
+from training.rl.replay import (
+    N_STEP,
+    NEXT_OBS,
+    OBS,
+    REWARDS,
+    TERMINATEDS,
+    PrioritizedTransitionBuffer,
+)
 
 TESTS_DIR = Path(__file__).parent
 TOY_ENV = "test_rl_toyenv:SignGame-v0"
@@ -69,10 +74,9 @@ def test_config_is_dueling_double_q_with_prioritized_n_step_replay() -> None:
     config = build_dqn_config(RLOptions(env="CartPole-v1", n_step=3, rollout_fragment_length=16))
     assert config.dueling is True
     assert config.double_q is True
-    assert (
-        config.replay_buffer_config["type"] == "training.rl.replay.PriorityFloorEpisodeReplayBuffer"
-    )
-    assert issubclass(PriorityFloorEpisodeReplayBuffer, PrioritizedEpisodeReplayBuffer)
+    assert config.algo_class is FastDQN
+    assert config.replay_buffer_config["type"] == "training.rl.replay.PrioritizedTransitionBuffer"
+    assert buffer_class_of(config.replay_buffer_config["type"]) is PrioritizedTransitionBuffer
     assert config.replay_buffer_config["priority_epsilon"] == 0.01
     assert config.replay_buffer_config["alpha"] == 0.6
     assert config.replay_buffer_config["beta"] == 0.4
@@ -241,29 +245,28 @@ def _episode(rewards: list[float]) -> SingleAgentEpisode:
     )
 
 
-def _start_steps(buffer, n_step: int) -> set[int]:
-    sample = buffer.sample(num_items=500, n_step=n_step, gamma=1.0, beta=0.4)
-    return {int(e.get_observations(0)[0]) for e in sample}
-
-
-def test_replay_keeps_priorities_above_a_floor_so_learning_does_not_stall() -> None:
-    """A zero TD error must not shrink every importance weight (RLlib divides them by the
-    largest possible weight, set by the smallest priority in the buffer)."""
-    buffer = PriorityFloorEpisodeReplayBuffer(capacity=1000, alpha=0.6, priority_epsilon=0.01)
-    buffer.add([_episode([0.0] * 9 + [1.0]) for _ in range(20)])
-    buffer.sample(num_items=64, n_step=1, gamma=1.0, beta=0.4)
-    buffer.update_priorities(np.zeros(64))
-    sample = buffer.sample(num_items=256, n_step=1, gamma=1.0, beta=0.4)
-    weights = np.array([e.get_extra_model_outputs("weights")[0] for e in sample])
-    assert weights.mean() > 0.2  # RLlib's floor of 1e-12 gives ~0.002 here
-    with pytest.raises(ValueError, match="priority_epsilon"):
-        PriorityFloorEpisodeReplayBuffer(capacity=10, priority_epsilon=0.0)
-
-
-def test_rllib_skips_the_last_transitions_of_an_episode_with_n_step_returns() -> None:
-    """Why `n_step` defaults to 1: with n = 3 the two transitions that meet the terminal reward
-    directly are never replayed (if RLlib changes this, the default can be revisited)."""
-    buffer = PriorityFloorEpisodeReplayBuffer(capacity=100)
+def test_replay_includes_the_last_transitions_of_an_episode_with_shorter_returns() -> None:
+    """With n = 3 the two transitions that meet the terminal reward directly are replayed too
+    (RLlib 2.60's episode buffer never samples them), with 2- and 1-step returns that end at the
+    terminal reward and do not bootstrap."""
+    buffer = PrioritizedTransitionBuffer(capacity=100, n_step=3, gamma=0.9, seed=0)
     buffer.add([_episode([0.0] * 4 + [1.0])])
-    assert _start_steps(buffer, n_step=1) == {0, 1, 2, 3, 4}
-    assert _start_steps(buffer, n_step=3) == {0, 1, 2}
+    sample = buffer.sample(500)
+    by_start = {
+        int(obs[0]): (float(ret), int(nxt[0]), int(n), bool(term))
+        for obs, ret, nxt, n, term in zip(
+            sample[OBS],
+            sample[REWARDS],
+            sample[NEXT_OBS],
+            sample[N_STEP],
+            sample[TERMINATEDS],
+            strict=True,
+        )
+    }
+    assert by_start == {
+        0: (0.0, 3, 3, False),
+        1: (0.0, 4, 3, False),
+        2: (pytest.approx(0.81), 5, 3, True),
+        3: (pytest.approx(0.9), 5, 2, True),
+        4: (1.0, 5, 1, True),
+    }

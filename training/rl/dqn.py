@@ -1,6 +1,8 @@
-"""One place that turns the options of a DQN run into an RLlib `DQNConfig` (new API stack).
+"""One place that turns the options of a DQN run into an RLlib config (new API stack).
 
-`sepsis-rl train`, `sepsis-rl tune rl` and the study all call `build_dqn_config(RLOptions(...))`.
+`sepsis-rl train`, `sepsis-rl tune rl` and the study all call `build_dqn_config(RLOptions(...))`:
+RLlib's dueling double DQN, trained by `training.rl.fast_dqn.FastDQN` on batches from the numpy
+prioritized buffer of `training.rl.replay`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ from training.rl.envs import ENV_NAME, env_config_of, evaluation_env_config_of, 
 from training.rl.options import RLOptions, evaluation_episodes_of
 from training.rl.validation import custom_evaluation_for
 
-REPLAY_BUFFER_TYPE = "training.rl.replay.PriorityFloorEpisodeReplayBuffer"
-"""The replay buffer class of every run (imported by RLlib from this path)."""
-
 
 def configure_learner_process(options: RLOptions) -> None:
     """Settings of the process that hosts the (local) learner; call before building."""
@@ -21,15 +20,16 @@ def configure_learner_process(options: RLOptions) -> None:
     torch.set_num_threads(options.learner_torch_threads)
 
 
-def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray is heavy)
-    """The RLlib `DQNConfig` of a run: dueling double DQN with prioritized n-step replay."""
-    from ray.rllib.algorithms.dqn import DQNConfig
+def build_dqn_config(options: RLOptions):  # -> FastDQNConfig (import kept lazy: Ray is heavy)
+    """The RLlib config of a run: dueling double DQN with prioritized n-step replay."""
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    from training.rl.fast_dqn import REPLAY_BUFFER_TYPE, FastDQNConfig
 
     register_env()
     runner_resources = dict(options.custom_resources_per_env_runner)
     return (
-        DQNConfig()
+        FastDQNConfig()
         .environment(ENV_NAME, env_config=env_config_of(options))
         .framework("torch")
         .env_runners(
@@ -38,6 +38,10 @@ def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray
             num_cpus_per_env_runner=options.num_cpus_per_env_runner,
             custom_resources_per_env_runner=runner_resources,
             rollout_fragment_length=options.rollout_fragment_length,
+        )
+        .learners(
+            num_learners=options.num_learners,
+            num_cpus_per_learner=options.num_cpus_per_learner if options.num_learners else "auto",
         )
         .rl_module(
             model_config=DefaultModelConfig(
@@ -62,10 +66,9 @@ def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray
                 (0, options.epsilon_start),
                 (options.epsilon_timesteps, options.epsilon_end),
             ],
+            sample_async=options.sample_async,
             replay_buffer_config={
-                # RLlib's PrioritizedEpisodeReplayBuffer with a priority floor; RLlib wants the
-                # type as a string (it checks for "EpisodeReplayBuffer" in it).
-                "type": REPLAY_BUFFER_TYPE,
+                "type": REPLAY_BUFFER_TYPE,  # a string: RLlib imports the class
                 "capacity": options.replay_capacity,
                 "alpha": options.replay_alpha,
                 "beta": options.replay_beta,
@@ -77,7 +80,7 @@ def build_dqn_config(options: RLOptions):  # -> DQNConfig (import kept lazy: Ray
             evaluation_duration=evaluation_episodes_of(options),
             evaluation_duration_unit="episodes",
             evaluation_num_env_runners=0,
-            evaluation_config=DQNConfig.overrides(
+            evaluation_config=FastDQNConfig.overrides(
                 explore=False, env_config=evaluation_env_config_of(options)
             ),
             custom_evaluation_function=custom_evaluation_for(options),

@@ -55,13 +55,14 @@ class RLOptions:
     gamma: float = 0.99
     """Discount factor."""
     n_step: int = 1
-    """Length of the n-step returns used as TD targets. RLlib 2.60's episode replay buffer never
-    samples the last n-1 transitions of an episode, the ones that meet the outcome directly
-    (see `training.rl.replay`), so 1 is the default."""
+    """Length of the n-step returns used as TD targets (the last steps of an episode get shorter
+    returns that end at the outcome; `training.rl.replay`)."""
     train_batch_size: int = 128
     """Transitions per learner update, drawn from the replay buffer."""
-    training_intensity: float | None = 16.0
-    """Replayed transitions per sampled transition (None: one update per sampling round)."""
+    training_intensity: float | None = 32.0
+    """Replayed transitions per sampled transition, exactly (None: one update per sampling
+    round). RLlib's own DQN, which counted the driver's idle env runner, replayed about 31 per
+    sampled step when asked for 16: 32 keeps the learning of earlier runs per env step."""
     target_network_update_freq: int = 500
     """Env steps between target-network updates."""
     tau: float = 1.0
@@ -88,7 +89,7 @@ class RLOptions:
     """Importance-sampling correction of prioritized sampling (1: full correction)."""
     replay_priority_epsilon: float = 0.01
     """Added to each |TD error| to make its priority (reward units), so no transition's priority
-    falls to ~0 and stalls learning (`training.rl.replay.PriorityFloorEpisodeReplayBuffer`)."""
+    falls to ~0 and stalls learning (`training.rl.replay.PrioritizedTransitionBuffer`)."""
 
     # Sampling and resources
     num_env_runners: int = 1
@@ -103,6 +104,16 @@ class RLOptions:
     """Env steps sampled per training iteration at least."""
     custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each env runner needs (for example to pin runners to a node)."""
+
+    sample_async: bool = True
+    """Env runners sample the next round while the learner updates on the last one (their policy
+    is then one training step older); no effect without remote env runners."""
+    num_learners: int = 0
+    """Remote learner actors (0: one learner in the driver). With several, each update's batch is
+    split among them (data-parallel, gloo on CPU) and every priority still lands on its own
+    transition (`training.rl.fast_dqn`)."""
+    num_cpus_per_learner: float = 1.0
+    """CPUs reserved per remote learner (fractional values let learners share a core)."""
 
     learner_torch_threads: int = 1
     """Torch threads of the learner in the driver: more threads slowed a small-MLP update about

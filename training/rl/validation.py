@@ -60,6 +60,11 @@ class ValidationEvaluation:
         self._envs = None
         self._protocol = None
 
+    def __getstate__(self) -> dict:
+        """Pickled without its vector env and protocol results (rebuilt on first use): RLlib
+        pickles the config, this function in it, into every checkpoint and Tune trial."""
+        return {"options": self.options, "_envs": None, "_protocol": None}
+
     def _setup(self) -> None:
         import gymnasium as gym
 
