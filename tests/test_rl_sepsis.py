@@ -108,6 +108,7 @@ def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_pat
         "no_treatment",
         "all_treatments",
         "protocol",
+        "age_adaptive",
     }
     assert report["env_kwargs"]["split"] == "test"
     for name, groups in report["policies"].items():
@@ -123,7 +124,50 @@ def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_pat
     for png in ("training_returns", "evaluation_returns", "vitals_typical_patients",
                 "actions_by_group_and_state"):  # fmt: skip
         assert (out / f"{png}.png").stat().st_size > 10_000, png
-    assert "beats the protocol" in done.stdout
+    assert "dqn beats the protocol (CI above zero): return: " in done.stdout
+    assert "dqn beats the age-adaptive protocol (CI above zero): return: " in done.stdout
+    assert "dqn minus each baseline" in done.stdout
+
+
+def test_evaluation_compares_the_learned_policy_with_the_age_adaptive_protocol(
+    checkpoint: Path,
+) -> None:
+    """The best hand rule is evaluated on the same test patients as the learned policy, and the
+    learned policy's paired difference to it is reported overall and in every age group."""
+    from sepsis_env.env import AGE_GROUPS
+    from sepsis_env.policies import age_adaptive_protocol, evaluate, paired_difference
+    from training.rl.envs import evaluation_env_kwargs, make_raw_env
+    from training.rl.evaluate import beats, comparison_table, evaluate_checkpoint
+    from training.rl.policy import HAND_RULE, LEARNED, POLICY_NAMES, load_policy
+
+    episodes, seed = 40, 123
+    result = evaluate_checkpoint(checkpoint, episodes=episodes, seed=seed)
+    report = result["report"]
+    groups = {"overall", *(label for label, _, _ in AGE_GROUPS)}
+    assert HAND_RULE in POLICY_NAMES
+    assert set(report["policies"][HAND_RULE]) == groups
+    assert report["policies"][HAND_RULE]["overall"]["episodes"][0] == episodes
+    versus = report["learned_minus_baseline"][HAND_RULE]
+    assert set(versus) == groups
+    for group, metrics in versus.items():
+        for metric, (est, lo, hi) in metrics.items():
+            assert lo <= est <= hi, (group, metric)
+    # The same numbers as the hand rule run on its own on the same episodes, paired.
+    options = load_policy(checkpoint).options
+    env = make_raw_env(
+        {"env_id": options.env, "env_kwargs": evaluation_env_kwargs(options, "test")}
+    )
+    alone = evaluate(age_adaptive_protocol, env, episodes, seed)
+    env.close()
+    assert np.array_equal(alone.returns, result["evaluations"][HAND_RULE].returns)
+    expected = paired_difference(result["evaluations"][LEARNED], alone, "survival")
+    assert versus["overall"]["survival"] == pytest.approx(expected)
+    verdict = beats(report, HAND_RULE)
+    assert verdict == {"return": versus["overall"]["return"][1] > 0,
+                       "survival": versus["overall"]["survival"][1] > 0}  # fmt: skip
+    rows = [r for r in comparison_table(report) if r["policy"] == HAND_RULE]
+    overall_return = next(r for r in rows if r["group"] == "overall" and r["metric"] == "return")
+    assert overall_return["learned_minus"] == pytest.approx(versus["overall"]["return"][0])
 
 
 def test_recommend_gives_the_greedy_action_and_every_q_value(

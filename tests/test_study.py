@@ -60,6 +60,22 @@ def study(tmp_path_factory):
 
 NUMBER_CI = r"-?\d+\.\d+%? \[-?\d+\.\d+, -?\d+\.\d+\]"
 """A number with its 95% interval, as the report writes it."""
+SIGNED_CI = r"[-+]\d+\.\d\d \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]"
+"""A paired difference of returns with its 95% interval."""
+POINTS_CI = r"[-+]\d+\.\d pp \[[-+]\d+\.\d, [-+]\d+\.\d\]"
+"""A paired difference of rates, in percentage points, with its 95% interval."""
+VERDICT_WORD = "(better|worse|no detectable difference)"
+VERDICT = rf"the learned policy is \*\*{VERDICT_WORD}\*\*"
+BASELINE_NAMES = ("Random", "No treatment", "All treatments always")
+CLINICIAN_NAME, HAND_RULE_NAME = "Clinician protocol", "Age-adaptive protocol (hand rule)"
+
+
+def _table(section: str, caption: str) -> list[str]:
+    """The data rows of the Markdown table under `caption` in `section`."""
+    _, found, after = section.partition(f"*{caption} (paired, 95% CIs)*")
+    assert found, caption
+    lines = after.strip().split("\n\n")[0].splitlines()
+    return lines[2:]
 
 
 @pytest.mark.slow
@@ -91,18 +107,30 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
     assert re.search(r"training episodes, [\d,]+ environment steps", sections["RL training"])
     policies = sections["The learned policy against clinical baselines"]
     assert re.search(rf"Clinician protocol \| {NUMBER_CI}", policies)
-    for baseline in ("Random", "No treatment", "All treatments always", "Clinician protocol"):
-        assert re.search(rf"\| {baseline} \| [-+]\d+\.\d\d \[", policies), baseline
+    for baseline in (*BASELINE_NAMES, CLINICIAN_NAME, HAND_RULE_NAME):
+        assert re.search(rf"\| {re.escape(baseline)} \| {SIGNED_CI}", policies), baseline
+    assert (
+        f"The **{HAND_RULE_NAME.lower()}**, the best we know, is the clinician protocol" in policies
+    )
+    # The verdict, better / worse / no detectable difference, against both protocols.
+    for against in (CLINICIAN_NAME.lower(), f"{HAND_RULE_NAME.lower()}, the best we know,"):
+        assert re.search(rf"Against the {re.escape(against)} {VERDICT} on mean return", policies)
     ages = sections["By age group"]
     assert re.search(rf"Learned policy \(DQN, greedy\) \| {NUMBER_CI} \| {NUMBER_CI}", ages)
-    assert re.search(r"\| 66\+ \| [-+]\d+\.\d\d \[", ages)
+    for baseline in (CLINICIAN_NAME, HAND_RULE_NAME):
+        rows = _table(ages, f"Learned policy minus {baseline.lower()}, by age group")
+        assert [row.split(" | ")[0] for row in rows] == ["| overall", "| 18-40", "| 41-65", "| 66+"]
+        for row in rows:
+            assert re.search(rf"\| {SIGNED_CI} \| {VERDICT_WORD} \| {POINTS_CI} \| ", row), row
     assert re.search(r"\d+ h \[\d+, \d+\] \(\d+% of ICU time\)", sections[SECTIONS[8]])
     settings = sections["Exact settings and versions"]
     assert re.search(r"ray 2\.60\.\d+", settings) and "| `evaluation/` |" in settings
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert evaluation["episodes"] == 2000
     assert set(evaluation["policies"]) == {"dqn", "random", "no_treatment", "all_treatments",
-                                           "protocol"}  # fmt: skip
+                                           "protocol", "age_adaptive"}  # fmt: skip
+    assert set(evaluation["learned_minus_baseline"]["age_adaptive"]) == {
+        "overall", "18-40", "41-65", "66+"}  # fmt: skip
 
 
 @pytest.mark.slow

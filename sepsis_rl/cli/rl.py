@@ -145,7 +145,8 @@ def evaluate_cmd(
         Path | None, typer.Option(help="ICU-Sepsis: write the greedy action per state (.npy).")
     ] = None,
 ) -> None:
-    """Greedy policy vs random, no-treatment, all-treatments and protocol on test patients.
+    """Greedy policy vs random, no-treatment, all-treatments, the clinician protocol and the
+    age-adaptive protocol (the best hand rule) on test patients.
 
     On ICU-Sepsis (`--env icu-sepsis`, or a checkpoint trained on it) the greedy policy's value is
     computed exactly instead, beside the random, clinician and optimal values."""
@@ -154,9 +155,9 @@ def evaluate_cmd(
 
     if is_icu_sepsis(env) or trained_on_icu_sepsis(checkpoint):
         return evaluate_icu_sepsis(checkpoint, export_policy, out)
-    from training.rl.evaluate import beats_protocol, evaluate_checkpoint
+    from training.rl.evaluate import beats, evaluate_checkpoint
     from training.rl.evaluate import write_evaluation as write
-    from training.rl.policy import LEARNED, REFERENCE
+    from training.rl.policy import HAND_RULE, LEARNED, REFERENCE
 
     out = out or checkpoint.resolve().parent.parent / "eval"
     try:
@@ -173,11 +174,17 @@ def evaluate_cmd(
             f"difference to the {REFERENCE} (paired, 95% CI)", report["difference_to_protocol"]
         )
     )
-    verdict = beats_protocol(report)
     console.print(
-        f"{LEARNED} beats the {REFERENCE} (CI above zero): "
-        + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in verdict.items())
+        _ci_table(
+            f"{LEARNED} minus each baseline (paired, 95% CI)", report["learned_minus_baseline"]
+        )
     )
+    for baseline, words in ((REFERENCE, "the protocol"), (HAND_RULE, "the age-adaptive protocol")):
+        verdict = beats(report, baseline)
+        console.print(
+            f"{LEARNED} beats {words} (CI above zero): "
+            + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in verdict.items())
+        )
     for path in written:
         console.print(f"wrote {path}")
 

@@ -9,11 +9,17 @@ import numpy as np
 
 from training.rl.envs import evaluation_env_kwargs, make_raw_env
 from training.rl.figures import write_figures
-from training.rl.policy import LEARNED, REFERENCE, load_policy, sepsis_policies
+from training.rl.policy import HAND_RULE, LEARNED, REFERENCE, load_policy, sepsis_policies
 
 # --- SepsisEnv: evaluation against the baselines ------------------------------------------------
 COMPARED_METRICS = ("return", "survival", "death", "discharge", "length")
 """Per-episode metrics compared pairwise with the protocol."""
+VERDICT_METRICS = ("return", "survival")
+"""Metrics on which the learned policy is declared better or worse than a baseline."""
+
+VERDICT_BASELINES = (REFERENCE, HAND_RULE)
+"""Baselines the learned policy gets a verdict against (`evaluate`, the study report): the
+clinician protocol and the best hand rule."""
 
 
 TEST_EPISODES = 2000
@@ -51,7 +57,7 @@ def evaluate_checkpoint(
     moved). Returns `{"evaluations": {name: Evaluation}, "steps": {"obs", "actions"} of the
     learned policy, "report": JSON-ready dict}`; the report has every policy's metrics overall
     and per age group (95% CIs), the paired differences to the protocol, and the learned policy's
-    paired differences to each baseline.
+    paired differences to each baseline (the age-adaptive protocol, `HAND_RULE`, among them).
     """
     from sepsis_env.env import AGE_GROUPS
     from sepsis_env.policies import evaluate, paired_difference
@@ -103,19 +109,27 @@ def evaluate_checkpoint(
     return {"evaluations": evaluations, "steps": steps, "report": report}
 
 
+def beats(report: dict, baseline: str = REFERENCE, group: str = "overall") -> dict[str, bool]:
+    """Whether the 95% CI of the learned policy minus `baseline` (paired, in `group`) is above
+    zero, for each of `VERDICT_METRICS`."""
+    difference = report["learned_minus_baseline"][baseline][group]
+    return {metric: difference[metric][1] > 0 for metric in VERDICT_METRICS}
+
+
 def beats_protocol(report: dict) -> dict[str, bool]:
     """Whether the learned policy's 95% CI of the difference to the protocol is above zero."""
-    overall = report["difference_to_protocol"][LEARNED]["overall"]
-    return {metric: overall[metric][1] > 0 for metric in ("return", "survival")}
+    return beats(report, REFERENCE)
 
 
 def comparison_table(report: dict) -> list[dict]:
-    """Rows (policy, group, metric, estimate, lower, upper, difference to protocol with CI)."""
+    """Rows (policy, group, metric, estimate, lower, upper, difference to protocol with CI, and
+    for a baseline the learned policy minus it with CI)."""
     rows = []
     for name, groups in report["policies"].items():
         for group, metrics in groups.items():
             for metric, (est, lo, hi) in metrics.items():
                 diff = report["difference_to_protocol"].get(name, {}).get(group, {}).get(metric)
+                learned = report["learned_minus_baseline"].get(name, {}).get(group, {}).get(metric)
                 rows.append(
                     {
                         "policy": name,
@@ -127,6 +141,9 @@ def comparison_table(report: dict) -> list[dict]:
                         "diff_to_protocol": diff[0] if diff else 0.0 if name == REFERENCE else None,
                         "diff_lower": diff[1] if diff else None,
                         "diff_upper": diff[2] if diff else None,
+                        "learned_minus": learned[0] if learned else None,
+                        "learned_minus_lower": learned[1] if learned else None,
+                        "learned_minus_upper": learned[2] if learned else None,
                     }
                 )
     return rows

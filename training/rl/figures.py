@@ -9,7 +9,14 @@ import numpy as np
 from sepsis_env.env import OBS_INDEX
 from sepsis_env.physiology import LACTATE_STABLE_MMOL_L, MAP_TARGET_MMHG, SPO2_STABLE_PCT
 from training.rl.envs import evaluation_env_kwargs, make_raw_env
-from training.rl.policy import LEARNED, POLICY_NAMES, REFERENCE, load_policy, sepsis_policies
+from training.rl.policy import (
+    HAND_RULE,
+    LEARNED,
+    POLICY_NAMES,
+    REFERENCE,
+    load_policy,
+    sepsis_policies,
+)
 
 
 # --- Figures ------------------------------------------------
@@ -124,7 +131,27 @@ TRACED_VITALS = (
 """Vitals drawn for each typical patient: observation name, axis label, clinical threshold."""
 TREATMENT_LANES = ("oxygen", "ventilation", "vasopressors")
 """The organ supports drawn as lanes under each patient's vitals (blue, orange, green)."""
-LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)))
+LANE_COLORS = ("C0", "C1", "C2")
+"""Colours of the `TREATMENT_LANES`; no policy is drawn in them."""
+POLICY_STYLES = {
+    LEARNED: ("black", "-", 2.6),
+    REFERENCE: ("C3", "--", 1.6),
+    HAND_RULE: ("C4", "-.", 1.6),
+}
+"""(colour, line style, width) of the policies a reader compares: the learned policy and the two
+protocols it must beat; the other baselines take `OTHER_STYLES` in turn."""
+OTHER_STYLES = (("C7", ":"), ("C5", (0, (5, 1))), ("C6", (0, (1, 2))), ("C8", (0, (3, 1, 1, 1))))
+OTHER_WIDTH = 1.2
+LANE_INCHES = 0.42
+"""Height of one policy's three treatment lanes in the typical-patient figure."""
+VITALS_INCHES = 3.0
+"""Height of one patient's row of vitals in the typical-patient figure."""
+
+
+def policy_styles(names) -> dict[str, tuple]:
+    """(colour, line style, width) of each policy in `names`, for the line figures."""
+    others = iter(OTHER_STYLES * len(names))
+    return {name: POLICY_STYLES.get(name) or (*next(others), OTHER_WIDTH) for name in names}
 
 
 def plot_typical_patients(result: dict, path: Path) -> Path:
@@ -137,11 +164,17 @@ def plot_typical_patients(result: dict, path: Path) -> Path:
     if "cohort" in report["env_kwargs"]:
         kwargs["cohort"] = report["env_kwargs"]["cohort"]  # the patients the evaluation used
     policies = sepsis_policies(policy)
+    styles = policy_styles(policies)
     picks = typical_episode_indices(result["evaluations"][REFERENCE])
     # Per patient: a row of vitals, and under it the treatments each policy gave, full width.
-    fig = plt.figure(figsize=(15, 5.6 * len(picks)))
+    lanes_inches = LANE_INCHES * len(policies)
+    header_inches = 1.1  # the title's two lines, the legend's two rows
+    height = header_inches + (VITALS_INCHES + lanes_inches + 1.2) * len(picks)
+    fig = plt.figure(figsize=(15, height))
     grid = fig.add_gridspec(
-        2 * len(picks), len(TRACED_VITALS), height_ratios=[1.0, 0.62] * len(picks)
+        2 * len(picks),
+        len(TRACED_VITALS),
+        height_ratios=[VITALS_INCHES, lanes_inches] * len(picks),
     )
     for row, episode in enumerate(picks):
         axes = [fig.add_subplot(grid[2 * row, col]) for col in range(len(TRACED_VITALS))]
@@ -151,33 +184,49 @@ def plot_typical_patients(result: dict, path: Path) -> Path:
             for name, pol in policies.items()
         }
         longest = max(float(obs[-1, OBS_INDEX["hours"]]) for obs, _, _ in traces.values())
-        _draw_vitals(axes, traces, longest)
-        _draw_treatment_lanes(lanes_ax, traces, longest)
+        _draw_vitals(axes, traces, styles, longest)
+        _draw_treatment_lanes(lanes_ax, traces, styles, longest)
         age = result["evaluations"][REFERENCE].age[episode]
         axes[0].set_ylabel(f"patient aged {int(age)}", fontsize=11, fontweight="bold")
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=10,
-               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    # The legend in two rows, the policies a reader compares on the first.
+    entries = dict(zip(*reversed(fig.axes[0].get_legend_handles_labels()), strict=True))
+    order = sorted(policies, key=lambda name: name not in POLICY_STYLES)
+    ncol = (len(order) + 1) // 2
+    labels = _column_major([POLICY_NAMES.get(name, name) for name in order], ncol)
+    top = 1 - header_inches / height
+    fig.legend([entries[label] for label in labels], labels, loc="upper center", ncol=ncol,
+               fontsize=10, bbox_to_anchor=(0.5, 1 - 0.5 / height), frameon=False,
+               handlelength=3.5)  # fmt: skip
     fig.suptitle(
         "One typical test patient per age group (median starting MAP of the group), treated by "
         "each policy: same patient, same random stream. Dotted grey: "
-        f"MAP {MAP_TARGET_MMHG:g}, SpO2 {SPO2_STABLE_PCT:g}, lactate {LACTATE_STABLE_MMOL_L:g}.",
-        y=0.985, fontsize=11,
+        f"MAP {MAP_TARGET_MMHG:g}, SpO2 {SPO2_STABLE_PCT:g}, lactate {LACTATE_STABLE_MMOL_L:g}.\n"
+        "Lines that coincide hide each other: the lanes show what each policy did.",
+        y=1 - 0.1 / height, va="top", fontsize=11,
     )  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 0.975))
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def _draw_vitals(axes: list, traces: dict, longest: float) -> None:
+def _column_major(items: list, ncol: int) -> list:
+    """`items` reordered so that a legend, which fills its columns first, reads them by rows."""
+    nrows = -(-len(items) // ncol)
+    return [
+        items[r * ncol + c] for c in range(ncol) for r in range(nrows) if r * ncol + c < len(items)
+    ]
+
+
+def _draw_vitals(axes: list, traces: dict, styles: dict, longest: float) -> None:
     """One panel per traced vital: a line per policy, the clinical threshold dotted."""
-    for k, (name, (obs, _, _)) in enumerate(traces.items()):
+    for name, (obs, _, _) in traces.items():
         t = obs[:, OBS_INDEX["hours"]]
+        color, style, width = styles[name]
         for ax, (vital, _, _) in zip(axes, TRACED_VITALS, strict=True):
             ax.plot(
-                t, obs[:, OBS_INDEX[vital]], color=f"C{k}", ls=LINE_STYLES[k % len(LINE_STYLES)],
-                lw=2.6 if name == LEARNED else 1.4, label=POLICY_NAMES.get(name, name),
+                t, obs[:, OBS_INDEX[vital]], color=color, ls=style, lw=width,
+                label=POLICY_NAMES.get(name, name),
             )  # fmt: skip
     for ax, (_, label, threshold) in zip(axes, TRACED_VITALS, strict=True):
         if threshold is not None:
@@ -187,20 +236,26 @@ def _draw_vitals(axes: list, traces: dict, longest: float) -> None:
         ax.tick_params(labelsize=8)
 
 
-def _draw_treatment_lanes(ax, traces: dict, longest: float) -> None:
+def _draw_treatment_lanes(ax, traces: dict, styles: dict, longest: float) -> None:
     """Which organ support ran in each interval, a lane per support and policy, with the
-    episode's outcome in the policy's label."""
+    episode's outcome in the policy's label (written in the policy's line colour)."""
     ticks, labels = [], []
     for k, (name, (obs, actions, outcome)) in enumerate(traces.items()):
         t = obs[:, OBS_INDEX["hours"]]
         base = 4 * (len(traces) - 1 - k)
         step = t[1] - t[0] if len(t) > 1 else 4.0
-        for j, flag in enumerate(TREATMENT_LANES):
+        for flag, color, lane in zip(TREATMENT_LANES, LANE_COLORS, range(3), strict=True):
             on = [(t[i], step) for i in range(len(actions)) if obs[i + 1, OBS_INDEX[flag]]]
-            ax.broken_barh(on, (base + j, 0.9), color=f"C{j}")
+            ax.broken_barh(on, (base + lane, 0.9), color=color)
+        if k:
+            ax.axhline(base + 3.45, color="0.85", lw=0.6)
         ticks.append(base + 1.45)
         labels.append(f"{POLICY_NAMES.get(name, name)}: {outcome}")
     ax.set_yticks(ticks, labels, fontsize=9)
+    for label, name in zip(ax.get_yticklabels(), traces, strict=True):
+        label.set_color(styles[name][0])
+        label.set_fontweight("bold" if name in POLICY_STYLES else "normal")
+    ax.set_ylim(-0.3, 4 * len(traces) - 0.8)
     ax.set_xlim(0, longest)
     ax.set_xlabel("hours since the start of the episode", fontsize=9)
     ax.set_title(

@@ -80,12 +80,18 @@ def evaluation_module(algorithm, eval_workers):
     return runner.module if runner is not None else algorithm.get_module()
 
 
-EVAL_POLICIES = ("random", "no_treatment", "all_treatments", "protocol")
-"""Baselines of `sepsis_env.policies.BASELINES` the learned policy is compared with."""
+EVAL_POLICIES = ("random", "no_treatment", "all_treatments", "protocol", "age_adaptive")
+"""Baselines of `sepsis_env.policies.BASELINES` the learned policy is compared with, the
+clinician protocol and the best hand rule we know (the age-adaptive protocol) among them."""
 
 
 REFERENCE = "protocol"
 """The policy differences are taken against."""
+
+
+HAND_RULE = "age_adaptive"
+"""The best hand rule we know (`sepsis_env.policies.AgeAdaptiveProtocol`): it reads only the
+observation and a pharmacological prior, so a learned policy should reach it."""
 
 
 LEARNED = "dqn"
@@ -95,6 +101,7 @@ LEARNED = "dqn"
 POLICY_NAMES = {
     LEARNED: "Learned policy (DQN, greedy)",
     "protocol": "Clinician protocol",
+    "age_adaptive": "Age-adaptive protocol (hand rule)",
     "random": "Random",
     "no_treatment": "No treatment",
     "all_treatments": "All treatments always",

@@ -28,8 +28,14 @@ from sepsis_env.env import (
     VASOPRESSOR_COST,
     VENTILATION_COST,
 )
-from sepsis_env.physiology import DISCHARGE_STABLE_HOURS
-from sepsis_env.policies import clinician_protocol
+from sepsis_env.physiology import (
+    DISCHARGE_STABLE_HOURS,
+    MAP_TARGET_MMHG,
+    VASOPRESSOR_MAP_GAIN_MMHG,
+    age_response,
+    perfusion_map,
+)
+from sepsis_env.policies import age_adaptive_protocol, clinician_protocol
 from sepsis_rl.common.files import write_json_atomic, write_text_atomic
 from sepsis_rl.common.intervals import format_interval
 from training.classification.documents import (
@@ -43,7 +49,8 @@ from training.classification.documents import (
     selected_against_baseline_rows,
 )
 from training.classification.metrics import METRIC_LABELS, THRESHOLD_RULE_LABELS, UNDEFINED_NOTE
-from training.rl.policy import POLICY_NAMES
+from training.rl.evaluate import VERDICT_BASELINES
+from training.rl.policy import HAND_RULE, POLICY_NAMES
 from training.study.documents import (
     Bullets,
     Figure,
@@ -100,6 +107,8 @@ EVALUATION_FIGURES = (
     ),
 )
 """(file in `evaluation/`, caption) of the figures of the vitals section, in report order."""
+EXAMPLE_AGES_YEARS = (30.0, 80.0)
+"""Ages at which the report spells out the age-adaptive protocol's vasopressor thresholds."""
 VERSIONED_PACKAGES = (
     "ray",
     "torch",
@@ -518,18 +527,29 @@ def _policies(out: Path, evaluation: dict) -> Section:
                 "The learned policy against each baseline (paired differences, 95% CIs)",
             )
         )
-        protocol = versus.get("protocol", {}).get("overall")
-        if protocol:
-            blocks.append(
-                Paragraph(
-                    "Against the clinician protocol, the learned policy is "
-                    f"**{_direction(protocol['return'])}** on mean return "
-                    f"({format_interval(protocol['return'], 2, signed=True)}) and "
-                    f"**{_direction(protocol['survival'])}** on survival "
-                    f"({format_interval(protocol['survival'], points=True)})."
-                )
-            )
+        blocks += [
+            Paragraph(_verdict_text(baseline, versus[baseline]["overall"]))
+            for baseline in VERDICT_BASELINES
+            if baseline in versus
+        ]
     return Section("The learned policy against clinical baselines", blocks)
+
+
+def _baseline_label(baseline: str) -> str:
+    """How a sentence names a baseline: 'the clinician protocol', 'the age-adaptive ...'."""
+    label = f"the {POLICY_NAMES.get(baseline, baseline).lower()}"
+    return f"{label}, the best we know," if baseline == HAND_RULE else label
+
+
+def _verdict_text(baseline: str, difference: dict) -> str:
+    """Better, worse or no detectable difference against `baseline`, on return and survival."""
+    return (
+        f"Against {_baseline_label(baseline)} the learned policy is "
+        f"**{_direction(difference['return'])}** on mean return "
+        f"({format_interval(difference['return'], 2, signed=True)}) and "
+        f"**{_direction(difference['survival'])}** on survival "
+        f"({format_interval(difference['survival'], points=True)})."
+    )
 
 
 def _baselines_text() -> str:
@@ -544,7 +564,40 @@ def _baselines_text() -> str:
         f"{p.vasopressors_wean_at:g}). **No treatment** gives nothing; **all treatments always** "
         "gives all three every step (its patients are never discharged: discharge needs "
         f"{DISCHARGE_STABLE_HOURS:g} h off ventilation and vasopressors); **random** picks one "
-        f"of the {len(ACTION_NAMES)} actions uniformly."
+        f"of the {len(ACTION_NAMES)} actions uniformly. " + _age_adaptive_text()
+    )
+
+
+def _age_adaptive_text() -> str:
+    """The age-adaptive protocol in words, its thresholds computed as the protocol computes them."""
+    p, fixed = age_adaptive_protocol, clinician_protocol
+
+    def start_below(age: float) -> float:
+        return perfusion_map(age, max) if p.age_map_target else MAP_TARGET_MMHG
+
+    def expected_gain(age: float) -> float:
+        return VASOPRESSOR_MAP_GAIN_MMHG * age_response(age, max)
+
+    young, old = EXAMPLE_AGES_YEARS
+    start = (
+        "below the MAP the organs need at the patient's age "
+        f"({round(start_below(young), 1):g} mmHg at {young:g} years, "
+        f"{round(start_below(old), 1):g} at {old:g})"
+        if p.age_map_target
+        else f"when MAP < {MAP_TARGET_MMHG:g} mmHg"
+    )
+    margin = f" plus {p.wean_margin:g} mmHg" if p.wean_margin else ""
+    wean = [start_below(a) + expected_gain(a) + p.wean_margin for a in EXAMPLE_AGES_YEARS]
+    return (
+        f"The **{POLICY_NAMES[HAND_RULE].lower()}**, the best we know, is the "
+        f"clinician protocol except for vasopressors: it starts them {start}, and weans them "
+        "only once the MAP on them exceeds that by the rise the drug is expected to give at "
+        f"that age{margin} ({expected_gain(young):.0f} mmHg at {young:g}, "
+        f"{expected_gain(old):.0f} at {old:g}: weaned at MAP >= {wean[0]:.0f} and "
+        f">= {wean[1]:.0f}), where the clinician protocol weans at {fixed.vasopressors_wean_at:g} "
+        "whatever the age and so cycles a young patient's vasopressors on and off. It reads only "
+        "the observation (age and MAP) and a pharmacological prior, so a learned policy could "
+        "find it."
     )
 
 
@@ -568,33 +621,42 @@ def _age_groups(evaluation: dict) -> Section:
         Table(header, survival, "Survival by age group (years)"),
         Table(header, returns, "Mean return by age group"),
     ]
-    versus = evaluation.get("learned_minus_baseline", {}).get("protocol", {})
-    diff_rows = [
-        [
-            group,
-            format_interval(versus[group]["return"], 2, signed=True),
-            format_interval(versus[group]["survival"], points=True),
-        ]
-        for group in groups
-        if group in versus
+    versus = evaluation.get("learned_minus_baseline", {})
+    tables = [
+        _difference_by_age_group(baseline, versus[baseline], groups)
+        for baseline in VERDICT_BASELINES
+        if all(group in versus.get(baseline, {}) for group in ["overall", *groups])
     ]
-    if diff_rows:
-        blocks.append(
-            Table(
-                ["age group", "return difference", "survival difference"],
-                diff_rows,
-                "Learned policy minus clinician protocol, by age group (paired, 95% CIs)",
-            )
-        )
-        verdicts = [f"{group}: {_direction(versus[group]['survival'])}" for group in groups]
+    if tables:
+        blocks += tables
         blocks.append(
             Paragraph(
-                "Survival of the learned policy against the protocol, by age group: "
-                + "; ".join(verdicts)
-                + ". A gain overall can come from one group alone."
+                "**Better** or **worse**: the 95% interval of the paired difference lies above or "
+                "below zero; otherwise no detectable difference. A gain overall can come from one "
+                "age group alone."
             )
         )
     return Section("By age group", blocks)
+
+
+def _difference_by_age_group(baseline: str, versus: dict, groups: list[str]) -> Table:
+    """The learned policy minus `baseline`, overall and per age group, with the verdicts."""
+    name = POLICY_NAMES.get(baseline, baseline)
+    rows = [
+        [
+            group,
+            format_interval(versus[group]["return"], 2, signed=True),
+            _direction(versus[group]["return"]),
+            format_interval(versus[group]["survival"], points=True),
+            _direction(versus[group]["survival"]),
+        ]
+        for group in ["overall", *groups]
+    ]
+    return Table(
+        ["age group", "return difference", "on return", "survival difference", "on survival"],
+        rows,
+        f"Learned policy minus {name.lower()}, by age group (paired, 95% CIs)",
+    )
 
 
 def _vitals_and_actions(out: Path, evaluation: dict) -> Section:
