@@ -305,6 +305,11 @@ def fast_time_to_protocol(budget_s: float, seed: int) -> dict[str, float]:
     return {"seconds": reached, "env_steps": float(steps)}
 
 
+SB3_TOTAL_STEPS = 500_000
+"""The step count SB3's exploration schedule is laid out over (its schedules are fractions of
+the `learn` call's total): epsilon then decays over the same 10,000 steps as ours."""
+
+
 def sb3_model(seed: int):
     """Stable-Baselines3's DQN on the same normalised SepsisEnv (training split), with the
     project's default network sizes, batch, learning rate, target update, learning start and
@@ -330,7 +335,7 @@ def sb3_model(seed: int):
         target_update_interval=options.target_network_update_freq,
         exploration_initial_eps=options.epsilon_start,
         exploration_final_eps=options.epsilon_end,
-        exploration_fraction=options.epsilon_timesteps / 200_000,
+        exploration_fraction=options.epsilon_timesteps / SB3_TOTAL_STEPS,
         max_grad_norm=options.grad_clip,
         policy_kwargs={"net_arch": net},
         seed=seed,
@@ -338,15 +343,36 @@ def sb3_model(seed: int):
     )
 
 
+def sb3_run(model, budget_s: float, every: int, check: Callable[[], bool]) -> tuple[float, int]:
+    """One `learn` call over `SB3_TOTAL_STEPS` (so the exploration schedule is ours), stopped
+    when `check()`, called every `every` env steps, is true or the wall budget is used up.
+    Returns the seconds and env steps at the stop."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    start = time.monotonic()
+
+    class Stop(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % every:
+                return True
+            return not (check() or time.monotonic() - start > budget_s)
+
+    model.learn(total_timesteps=SB3_TOTAL_STEPS, callback=Stop())
+    return time.monotonic() - start, model.num_timesteps
+
+
 def sb3_rate(seconds: float, seed: int) -> dict[str, float]:
-    """Section 3: SB3's env steps/s with learning, after learning starts."""
+    """Section 3: SB3's env steps/s with learning, measured after learning starts."""
     model = sb3_model(seed)
-    model.learn(total_timesteps=2000)
-    chunk, steps, start = 2000, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        model.learn(total_timesteps=chunk, reset_num_timesteps=False)
-        steps += chunk
-    return {"env_steps_per_s": steps / (time.perf_counter() - start)}
+    marks: list[tuple[float, int]] = []
+
+    def mark() -> bool:
+        marks.append((time.perf_counter(), model.num_timesteps))
+        return marks[-1][0] - marks[0][0] > seconds
+
+    sb3_run(model, seconds + 60, 1000, lambda: model.num_timesteps >= 2000 and mark())
+    (t0, s0), (t1, s1) = marks[0], marks[-1]
+    return {"env_steps_per_s": (s1 - s0) / (t1 - t0)}
 
 
 def sb3_time_to_protocol(budget_s: float, seed: int, score: ValidationScore) -> dict[str, float]:
@@ -358,19 +384,20 @@ def sb3_time_to_protocol(budget_s: float, seed: int, score: ValidationScore) -> 
     start = time.monotonic()
     model = sb3_model(seed)
     center, scale = normalization_constants(score.envs.single_observation_space)
-    steps = 0
+    reached = [False]
 
     def greedy(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             q = model.q_net(torch.from_numpy(normalize(obs, center, scale)))
         return q.argmax(-1).numpy()
 
-    while time.monotonic() - start < budget_s:
-        model.learn(total_timesteps=EVAL_EVERY_STEPS, reset_num_timesteps=False)
-        steps += EVAL_EVERY_STEPS
-        if score(greedy) >= 0:
-            return {"seconds": time.monotonic() - start, "env_steps": float(steps)}
-    return {"seconds": float("nan"), "env_steps": float(steps)}
+    def check() -> bool:
+        reached[0] = score(greedy) >= 0
+        return reached[0]
+
+    _, steps = sb3_run(model, budget_s - (time.monotonic() - start), EVAL_EVERY_STEPS, check)
+    seconds = time.monotonic() - start
+    return {"seconds": seconds if reached[0] else float("nan"), "env_steps": float(steps)}
 
 
 def main() -> None:
