@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sepsis_rl.common.intervals import format_interval
+
 SEPSIS_RL = Path(sys.executable).parent / "sepsis-rl"
 TIME_LIMIT_S = 180.0
 """The Quickstart's promise: the quick study in at most 3 minutes."""
@@ -51,11 +53,6 @@ def run_quick(seed: int, root: Path) -> dict:
     return row
 
 
-def interval(triple, scale: float = 1.0, unit: str = "") -> str:
-    value, low, high = (scale * x for x in triple)
-    return f"{value:+.2f}{unit} [{low:+.2f}, {high:+.2f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
@@ -74,10 +71,14 @@ def main() -> None:
         if "error" in row:
             print(f"{seed:>4} {row['seconds']:5.0f}s  failed: {row['error'][-300:]}")
             continue
-        line = (f"{seed:>4} {row['seconds']:5.0f}s  {interval(row['protocol']['return']):>24} "
-                f"{interval(row['protocol']['survival'], 100, ' pp'):>26}")  # fmt: skip
+        protocol = row["protocol"]
+        line = (
+            f"{seed:>4} {row['seconds']:5.0f}s  "
+            f"{format_interval(protocol['return'], 2, signed=True):>24} "
+            f"{format_interval(protocol['survival'], points=True):>26}"
+        )
         if "age_adaptive" in row:
-            line += f"  {interval(row['age_adaptive']['return']):>24}"
+            line += f"  {format_interval(row['age_adaptive']['return'], 2, signed=True):>24}"
         print(line, flush=True)
 
     ok = [r for r in rows if "error" not in r]

@@ -40,3 +40,27 @@ def prepared_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared3k")
     prepare(raw, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def greedy_mean_return():
+    """`greedy_mean_return(policy, env_id, episodes, seed)`: the mean return of `policy(obs)` over
+    `episodes` episodes of `gymnasium.make(env_id)`, episode i reset with `seed + i`."""
+    import gymnasium as gym
+    import numpy as np
+
+    def mean_return(policy, env_id: str, episodes: int, seed: int) -> float:
+        env = gym.make(env_id)
+        returns = []
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(policy(obs))
+                total += reward
+                done = terminated or truncated
+            returns.append(total)
+        env.close()
+        return float(np.mean(returns))
+
+    return mean_return

@@ -202,21 +202,11 @@ def test_training_intensity_is_the_replay_ratio_trained(local_ray) -> None:
 
 
 # -- asynchronous sampling ---------------------------------------------------------------------
-def greedy_mean_return(policy: GreedyPolicy, env_id: str, episodes: int, seed: int) -> float:
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
 
 
-def test_sample_async_with_one_remote_env_runner_learns_the_toy_env(local_ray, monkeypatch) -> None:
+def test_sample_async_with_one_remote_env_runner_learns_the_toy_env(
+    local_ray, monkeypatch, greedy_mean_return
+) -> None:
     """The env runner samples the next round while the learner updates on the last one (its
     policy one training step old); the greedy policy still learns SignGame in 3,000 env steps."""
 

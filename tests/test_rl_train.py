@@ -56,20 +56,6 @@ def _env_with_tests_on_path() -> dict[str, str]:
     return env
 
 
-def greedy_mean_return(policy, env_id: str, episodes: int, seed: int) -> float:
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            obs, r, term, trunc, _ = env.step(policy(obs))
-            total += r
-            done = term or trunc
-        returns.append(total)
-    return float(np.mean(returns))
-
-
 def test_config_is_dueling_double_q_with_prioritized_n_step_replay() -> None:
     config = build_dqn_config(RLOptions(env="CartPole-v1", n_step=3, rollout_fragment_length=16))
     assert config.dueling is True
@@ -111,7 +97,9 @@ def test_normalisation_maps_bounds_to_unit_interval_and_keeps_unbounded() -> Non
     assert space.low[0] == -1 and space.high[0] == 1 and space.high[1] > 1e30
 
 
-def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(tmp_path: Path) -> None:
+def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(
+    tmp_path: Path, greedy_mean_return
+) -> None:
     out = tmp_path / "run"
     sets = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
     cmd = [str(SEPSIS_RL), "train", "--env", TOY_ENV, "--out", str(out), "--seed", "3"]

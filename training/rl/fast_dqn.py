@@ -161,6 +161,11 @@ class FastDQNConfig(DQNConfig):
         super().validate()
         if not isinstance(self.n_step, int):
             self._value_error(f"FastDQN needs an int n_step, got {self.n_step!r}")
+        learner = self.learner_class
+        if not (isinstance(learner, type) and issubclass(learner, FastDQNTorchLearner)):
+            self._value_error(
+                f"FastDQN needs FastDQNTorchLearner (or a subclass) as its learner, got {learner!r}"
+            )
 
 
 # The algorithm.
@@ -260,23 +265,22 @@ class FastDQN(DQN):
         return sampled_env_steps * intensity / self.config.total_train_batch_size
 
     def _update_once(self, timesteps: dict[str, Any], reduce_metrics: bool = True) -> None:
-        """One learner update on a fresh prioritized batch, then its priorities. With
-        `FastDQNTorchLearner` metrics are reduced and aggregated only when `reduce_metrics`
-        (once per training step); with RLlib's learner, after every update (as DQN does)."""
+        """One learner update on a fresh prioritized batch, then its priorities; the learner's
+        metrics are reduced and aggregated only when `reduce_metrics` (once per training step).
+        With n learners `LearnerGroup` gives learner i the contiguous rows [i ceil(B/n),
+        (i+1) ceil(B/n)) of the batch and returns results in learner order, so the concatenated
+        TD errors are in the batch's order."""
         buffer = self.local_replay_buffer
         size = self.config.total_train_batch_size
         with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
             batch = buffer.sample(size, beta=self.config.replay_buffer_config.get("beta"))
         ma_batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=size)
-        deferred = _is_fast_learner(self.config)
-        extra = {"reduce_metrics": reduce_metrics} if deferred else {}
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            results = self.learner_group.update(batch=ma_batch, timesteps=timesteps, **extra)
-        if deferred:
-            td_errors = np.concatenate([r[TD_ERRORS] for r in results])
-            results = [r[RESULTS] for r in results if r[RESULTS] is not None]
-        else:
-            td_errors = td_errors_of(results)
+            results = self.learner_group.update(
+                batch=ma_batch, timesteps=timesteps, reduce_metrics=reduce_metrics
+            )
+        td_errors = np.concatenate([r[TD_ERRORS] for r in results])
+        results = [r[RESULTS] for r in results if r[RESULTS] is not None]
         with self.metrics.log_time((TIMERS, REPLAY_BUFFER_UPDATE_PRIOS_TIMER)):
             buffer.update_priorities(td_errors)
         if results:
@@ -289,23 +293,3 @@ SAMPLE_TAG = "fast_dqn_sample"
 
 def _sample_with_metrics(env_runner):
     return env_runner.sample(), env_runner.get_metrics()
-
-
-def td_errors_of(results: list[dict]) -> np.ndarray:
-    """TD errors of one `learner_group.update(batch=...)`, popped from the results (they must
-    not be logged) and concatenated learner by learner. With n learners `LearnerGroup` gives
-    learner i the contiguous rows [i*ceil(B/n), (i+1)*ceil(B/n)) of the batch
-    (`ShardBatchIterator`) and returns results in learner order, so this is the batch's order."""
-    parts = []
-    for res in results:
-        module_results = res.get(DEFAULT_MODULE_ID, {})
-        if TD_ERROR_KEY in module_results:
-            parts.extend(
-                np.atleast_1d(x) for x in convert_to_numpy(module_results.pop(TD_ERROR_KEY).peek())
-            )
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def _is_fast_learner(config) -> bool:
-    cls = config.learner_class
-    return isinstance(cls, type) and issubclass(cls, FastDQNTorchLearner)
