@@ -122,8 +122,13 @@ def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_pat
     # random does worse than the protocol on the same patients
     assert diffs["random"]["overall"]["return"][0] < 0
     for png in ("training_returns", "evaluation_returns", "vitals_typical_patients",
-                "actions_by_group_and_state"):  # fmt: skip
+                "actions_by_group_and_state", "differences_to_hand_rule"):  # fmt: skip
         assert (out / f"{png}.png").stat().st_size > 10_000, png
+    swaps = report["differences_to_hand_rule"]["swaps"]
+    assert {r["policy"] for r in swaps} == {"rule", "rule's oxygen", "rule's ventilation",
+                                            "rule's vasopressors"}  # fmt: skip
+    assert "rule's vasopressors" in done.stdout
+    assert (out / "differences_to_hand_rule.csv").stat().st_size > 0
     assert "dqn beats the protocol (CI above zero): return: " in done.stdout
     assert "dqn beats the age-adaptive protocol (CI above zero): return: " in done.stdout
     assert "dqn minus each baseline" in done.stdout
@@ -168,6 +173,12 @@ def test_evaluation_compares_the_learned_policy_with_the_age_adaptive_protocol(
     rows = [r for r in comparison_table(report) if r["policy"] == HAND_RULE]
     overall_return = next(r for r in rows if r["group"] == "overall" and r["metric"] == "return")
     assert overall_return["learned_minus"] == pytest.approx(versus["overall"]["return"][0])
+    # Where they differ: the swap analysis's "rule" is the hand rule on the same episodes, so the
+    # rule minus the learned policy is the negative of the learned minus the rule.
+    swaps = report["differences_to_hand_rule"]["swaps"]
+    rule_overall = next(r for r in swaps if r["policy"] == "rule" and r["group"] == "overall")
+    assert rule_overall["survival"][0] == pytest.approx(-versus["overall"]["survival"][0])
+    assert rule_overall["return"][0] == pytest.approx(-versus["overall"]["return"][0])
 
 
 def test_recommend_gives_the_greedy_action_and_every_q_value(

@@ -185,6 +185,15 @@ def evaluate_cmd(
             f"{LEARNED} beats {words} (CI above zero): "
             + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in verdict.items())
         )
+    console.print(
+        f"where {LEARNED} and the age-adaptive protocol differ (minus {LEARNED}, paired, 95% CI):"
+    )
+    for row in report["differences_to_hand_rule"]["swaps"]:
+        if row["group"] == "overall":
+            console.print(
+                f"  {row['policy']:<22} return {format_interval(row['return'], 2, signed=True)}"
+                f"  survival {format_interval(row['survival'], points=True)}"
+            )
     for path in written:
         console.print(f"wrote {path}")
 

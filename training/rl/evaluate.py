@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.rl.differences import differences_to_rule
 from training.rl.envs import evaluation_env_kwargs, make_raw_env
 from training.rl.figures import write_figures
 from training.rl.policy import HAND_RULE, LEARNED, REFERENCE, load_policy, sepsis_policies
@@ -57,10 +58,13 @@ def evaluate_checkpoint(
     moved). Returns `{"evaluations": {name: Evaluation}, "steps": {"obs", "actions"} of the
     learned policy, "report": JSON-ready dict}`; the report has every policy's metrics overall
     and per age group (95% CIs), the paired differences to the protocol, and the learned policy's
-    paired differences to each baseline (the age-adaptive protocol, `HAND_RULE`, among them).
+    paired differences to each baseline (the age-adaptive protocol, `HAND_RULE`, among them),
+    and under `"differences_to_hand_rule"` where the learned policy and that rule differ and what
+    each difference is worth (`training.rl.differences`; its per-state arrays are in the
+    result's `"differences"`).
     """
     from sepsis_env.env import AGE_GROUPS
-    from sepsis_env.policies import evaluate, paired_difference
+    from sepsis_env.policies import BASELINES, evaluate, paired_difference
 
     policy = load_policy(checkpoint)
     env_id, kwargs = policy.options.env, evaluation_env_kwargs(policy.options, split)
@@ -106,7 +110,18 @@ def evaluate_checkpoint(
         },
     }
     steps = {"obs": np.array(recorder.observations), "actions": np.array(recorder.actions)}
-    return {"evaluations": evaluations, "steps": steps, "report": report}
+    differences = differences_to_rule(
+        policy, BASELINES[HAND_RULE], steps, env_id, kwargs, episodes, seed
+    )
+    report["differences_to_hand_rule"] = {
+        key: differences[key] for key in ("disagreement", "swaps")
+    }
+    return {
+        "evaluations": evaluations,
+        "steps": steps,
+        "differences": differences,
+        "report": report,
+    }
 
 
 def beats(report: dict, baseline: str = REFERENCE, group: str = "overall") -> dict[str, bool]:
@@ -149,15 +164,37 @@ def comparison_table(report: dict) -> list[dict]:
     return rows
 
 
+def difference_rows(report: dict) -> list[dict]:
+    """`report["differences_to_hand_rule"]` as flat rows: one per disagreement (group,
+    treatment) and one per swap (policy, group), each interval as estimate, lower, upper."""
+    rows = []
+    differences = report.get("differences_to_hand_rule", {})
+    for kind, records in differences.items():
+        for record in records:
+            row: dict = {"analysis": kind}
+            for key, value in record.items():
+                if isinstance(value, list | tuple):
+                    row |= {key: value[0], f"{key}_lower": value[1], f"{key}_upper": value[2]}
+                else:
+                    row[key] = value
+            rows.append(row)
+    return rows
+
+
 def write_evaluation(result: dict, out_dir: str | Path) -> list[Path]:
     """`evaluation.json`, `evaluation.csv` and the PNG figures; returns the paths written."""
     import pandas as pd
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "evaluation.json", out / "evaluation.csv"]
+    written = [
+        out / "evaluation.json",
+        out / "evaluation.csv",
+        out / "differences_to_hand_rule.csv",
+    ]
     written[0].write_text(json.dumps(result["report"], indent=2, default=float))
     pd.DataFrame(comparison_table(result["report"])).to_csv(written[1], index=False)
+    pd.DataFrame(difference_rows(result["report"])).to_csv(written[2], index=False)
     run_dir = Path(result["report"]["checkpoint"]).resolve().parent.parent
     written += write_figures(result, run_dir, out)
     return written

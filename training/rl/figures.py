@@ -32,6 +32,8 @@ def write_figures(result: dict, run_dir: Path, out: Path) -> list[Path]:
     paths.append(plot_return_histograms(result["evaluations"], out / "evaluation_returns.png"))
     paths.append(plot_typical_patients(result, out / "vitals_typical_patients.png"))
     paths.append(plot_action_frequencies(result["steps"], out / "actions_by_group_and_state.png"))
+    if "differences" in result:
+        paths.append(plot_differences(result["differences"], out / "differences_to_hand_rule.png"))
     return paths
 
 
@@ -305,5 +307,74 @@ def plot_action_frequencies(steps: dict, path: Path) -> Path:
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_differences(differences: dict, path: Path, max_points: int = 20_000) -> Path:
+    """Where the learned policy's vasopressor decision differs from the age-adaptive protocol's
+    (test states by age and MAP, on and off vasopressors, with the rule's thresholds), and what
+    taking each treatment decision from the rule instead changes in survival (paired, 95% CIs)."""
+    import matplotlib.pyplot as plt
+
+    from sepsis_env.physiology import VASOPRESSOR_MAP_GAIN_MMHG, age_response, perfusion_map
+    from sepsis_env.policies import MAP_VASOPRESSOR_WEAN_MMHG
+    from training.rl.differences import TREATMENT_FLAGS, TREATMENTS
+
+    states = differences["states"]
+    obs, learned, rule = states["obs"], states["learned"], states["rule"]
+    vaso = TREATMENTS.index("vasopressors")
+    learned_gives = TREATMENT_FLAGS[learned][:, vaso]
+    rule_gives = TREATMENT_FLAGS[rule][:, vaso]
+    on_vaso = obs[:, OBS_INDEX["vasopressors"]] > 0.5
+    keep = np.random.default_rng(0).permutation(len(obs))[:max_points]
+    ages = np.linspace(18, 95, 200)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    panels = (
+        (axes[0], on_vaso, "on vasopressors: continue or wean?", "continues", "weans"),
+        (axes[1], ~on_vaso, "off vasopressors: start or not?", "starts", "does not start"),
+    )
+    for ax, where, title, gives, withholds in panels:
+        sel = keep[where[keep]]
+        agree = learned_gives[sel] == rule_gives[sel]
+        more = learned_gives[sel] & ~rule_gives[sel]
+        less = ~learned_gives[sel] & rule_gives[sel]
+        age, mean_ap = obs[sel, OBS_INDEX["Age"]], obs[sel, OBS_INDEX["MAP"]]
+        ax.scatter(age[agree], mean_ap[agree], s=3, c="0.8", label="same decision", rasterized=True)
+        ax.scatter(age[more], mean_ap[more], s=5, c="C3",
+                   label=f"learned {gives}, rule {withholds}", rasterized=True)  # fmt: skip
+        ax.scatter(age[less], mean_ap[less], s=5, c="C0",
+                   label=f"learned {withholds}, rule {gives}", rasterized=True)  # fmt: skip
+        threshold = perfusion_map(ages, np.maximum)
+        if where is on_vaso:
+            threshold = threshold + VASOPRESSOR_MAP_GAIN_MMHG * age_response(ages, np.maximum)
+            ax.axhline(MAP_VASOPRESSOR_WEAN_MMHG, color="k", ls=":", lw=1,
+                       label="clinician protocol weans above")  # fmt: skip
+        ax.plot(ages, threshold, color="k", lw=1.2, label="age-adaptive threshold")
+        share = 100 * (1 - agree.mean()) if len(agree) else float("nan")
+        ax.set(xlabel="age (years)", ylabel="MAP (mmHg)",
+               title=f"{title}\n{share:.1f}% of {where.sum():,} test states differ")  # fmt: skip
+        ax.legend(fontsize=7, loc="best", markerscale=3, framealpha=0.9)
+    ax = axes[2]
+    rows = [r for r in differences["swaps"] if r["policy"] != "rule"]
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    width = 0.8 / len(TREATMENTS)
+    for t, treatment in enumerate(TREATMENTS):
+        values = [next(r for r in rows if r["policy"] == f"rule's {treatment}" and r["group"] == g)
+                  for g in groups]  # fmt: skip
+        est = np.array([100 * v["survival"][0] for v in values])
+        err = np.array([[100 * (v["survival"][0] - v["survival"][1]) for v in values],
+                        [100 * (v["survival"][2] - v["survival"][0]) for v in values]])  # fmt: skip
+        x = np.arange(len(groups)) + (t - 1) * width
+        ax.bar(x, est, width, yerr=err, capsize=3, color=f"C{t}",
+               label=f"rule's {treatment} decision")  # fmt: skip
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set(xlabel="age group (years)", ylabel="survival change (points)",
+           title="One decision taken from the age-adaptive protocol,\nminus the learned "
+           "policy (paired, 95% CIs)")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -158,6 +158,8 @@ def build_sections(out: Path, options: dict, data: Path | None) -> list[Section]
             _age_groups(evaluation),
             _vitals_and_actions(out, evaluation),
         ]
+        if "differences_to_hand_rule" in evaluation:
+            sections.append(_differences(out, evaluation["differences_to_hand_rule"]))
     sections.append(_settings(out, options, data))
     return sections
 
@@ -689,6 +691,67 @@ def _vitals_and_actions(out: Path, evaluation: dict) -> Section:
         )
     )
     return Section("Vitals under each policy, and treatment use", blocks)
+
+
+def _differences(out: Path, differences: dict) -> Section:
+    """Where the learned policy and the age-adaptive protocol part, and what each part is worth."""
+    rule = POLICY_NAMES[HAND_RULE].lower()
+    disagreement = [
+        [
+            row["treatment"],
+            format_interval(row["rule_gives_learned_not"], percent=True),
+            format_interval(row["learned_gives_rule_not"], percent=True),
+            format_interval(row["q_gap_mean"], 2),
+        ]
+        for row in differences["disagreement"]
+        if row["group"] == "overall"
+    ]
+    swaps = [
+        [
+            row["policy"],
+            row["group"],
+            format_interval(row["return"], 2, signed=True),
+            format_interval(row["survival"], points=True),
+        ]
+        for row in differences["swaps"]
+    ]
+    blocks: list = [
+        Paragraph(
+            f"The headline tables say whether the learned policy beats the {rule}; this section "
+            "says where the two part. First, in the test states the learned policy met, how often "
+            "the rule would decide a treatment differently, and the gap the learned network itself "
+            "puts between its action and the rule's (in units of return: a small gap means it "
+            "barely prefers its own choice). Then the learned policy is re-run on the same paired "
+            "episodes with one treatment decision taken from the rule: a survival change above "
+            "zero marks a decision the learned policy gets wrong."
+        ),
+        Table(
+            ["treatment", "rule gives, learned not", "learned gives, rule not", "Q gap"],
+            disagreement,
+            f"Share of the learned policy's test states where the {rule} decides differently "
+            "(95% CIs)",
+        ),
+    ]
+    blocks += _figures(
+        out / EVALUATION,
+        (
+            (
+                "differences_to_hand_rule.png",
+                f"Vasopressor decisions of the learned policy and the {rule} in the test states "
+                "(left, centre), and the survival change when one decision is taken from the rule "
+                "(right)",
+            ),
+        ),
+    )
+    blocks.append(
+        Table(
+            ["policy", "age group", "return change", "survival change"],
+            swaps,
+            "Minus the learned policy, paired on the same test episodes (95% CIs): `rule` is the "
+            f"{rule} itself, `rule's T` the learned policy with the rule's decision on T",
+        )
+    )
+    return Section(f"Where the learned policy and the {rule} differ", blocks)
 
 
 def _git_commit() -> str | None:
