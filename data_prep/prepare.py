@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import joblib
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from data_prep.cleaning import (
     DEFAULT_IQR_K,
@@ -36,6 +37,7 @@ from data_prep.features import (
 from data_prep.reader import Progress, read_cohort
 from data_prep.schema import LABEL, MEASUREMENTS, PATIENT
 from data_prep.split import DEFAULT_FRACTIONS, SPLITS, patient_labels, split_patients
+from sepsis_rl.common.config_files import RuleError, options_dataclass
 from sepsis_rl.common.files import staged_directory, write_json_atomic
 from sepsis_rl.common.markdown import markdown_table
 
@@ -50,28 +52,46 @@ OUTPUT_FILES = (HOURLY_FILE, SPLIT_FILE, FEATURES_FILE, ENV_COHORT_FILE, PREPROC
                 REPORT_FILE, SUMMARY_FILE)  # fmt: skip
 
 
-@dataclass
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+"""A share of the patients, strictly between 0 and 1."""
+
+
+@options_dataclass
 class PrepareOptions:
     """Options of `data prepare`; every field is a command-line option."""
 
-    missing_threshold: float = DEFAULT_MISSING_THRESHOLD
+    missing_threshold: Annotated[float, Field(ge=0, le=1)] = DEFAULT_MISSING_THRESHOLD
     """Drop a measurement missing in more than this fraction of training rows."""
-    iqr_k: float = DEFAULT_IQR_K
+    iqr_k: PositiveFloat = DEFAULT_IQR_K
     """Tukey fence multiplier for outliers."""
-    outliers: str = "clip"
+    outliers: Literal["clip", "drop", "none"] = "clip"
     """clip (to the fences), drop (rows, as the original study), or none."""
-    max_window_hours: int = DEFAULT_MAX_WINDOW_H
+    max_window_hours: PositiveInt = DEFAULT_MAX_WINDOW_H
     """Longest feature window, in hours before the cut."""
-    train_fraction: float = DEFAULT_FRACTIONS[0]
-    val_fraction: float = DEFAULT_FRACTIONS[1]
-    seed: int = 0
+    train_fraction: Fraction = DEFAULT_FRACTIONS[0]
+    """Share of the patients in the training split."""
+    val_fraction: Fraction = DEFAULT_FRACTIONS[1]
+    """Share of the patients in the validation split (the test split gets the rest)."""
+    seed: NonNegativeInt = 0
     """Seeds the split and the non-septic window placement."""
     skip_bad: bool = False
     """Leave malformed files out (listed in the report) instead of stopping."""
-    env_ctgan_patients: int = 0
+    env_ctgan_patients: NonNegativeInt = 0
     """CTGAN-generated patients added to the environment cohort's training split (0: none)."""
-    env_ctgan_epochs: int = DEFAULT_CTGAN_EPOCHS
+    env_ctgan_epochs: PositiveInt = DEFAULT_CTGAN_EPOCHS
     """Training epochs of that GAN."""
+
+    @model_validator(mode="after")
+    def _test_split_left(self) -> PrepareOptions:
+        """The test split gets what training and validation leave: something."""
+        if self.train_fraction + self.val_fraction >= 1:
+            raise RuleError(
+                "val_fraction",
+                self.val_fraction,
+                f"train_fraction + val_fraction must stay below 1 (train_fraction is "
+                f"{self.train_fraction}): the test split gets the rest",
+            )
+        return self
 
 
 def prepare(
@@ -107,6 +127,8 @@ def prepare(
         )
     split = split_patients(labels, fractions, seed=options.seed)
     report["split"] = split.groupby(["split", "label"]).size().unstack(fill_value=0).to_dict()
+    # Built before the features: it refuses a cohort missing what the environment needs.
+    env_cohort = build_env_cohort(hourly, split)
 
     windows = feature_windows(hourly, split, options.max_window_hours, seed=options.seed)
     hourly[ROW] = np.arange(len(hourly))
@@ -121,7 +143,6 @@ def prepare(
 
     features, builder = _features(hourly, cleaned, windows, split, is_train)
     report["windows"] = _window_report(windows, features)
-    env_cohort = build_env_cohort(hourly.drop(columns=[ROW]), split)
     env_cohort = add_ctgan_patients(
         env_cohort, options.env_ctgan_patients, options.env_ctgan_epochs, seed=options.seed
     )

@@ -1,7 +1,8 @@
 """Which environment is this: the Gymnasium ids of this package's environments, their short
 names on the command line, and the tests every other package asks ("is it SepsisEnv?").
 
-Kept free of imports so that any layer can ask without loading an environment.
+Kept free of module-level imports so that any layer can ask without loading an environment
+(`check_env_id` imports Gymnasium and the env's module when it is called).
 """
 
 from __future__ import annotations
@@ -42,3 +43,33 @@ def is_icu_sepsis(env_id: str | None) -> bool:
 def needs_sepsis_env_import(env_id: str) -> bool:
     """A bare `SepsisEnv-*` id needs `import sepsis_env` first (the `module:` form imports it)."""
     return resolve_env_id(env_id).startswith("SepsisEnv")
+
+
+def check_env_id(env_id: str) -> str:
+    """`env_id` with aliases resolved, once Gymnasium knows it (the module of a `module:EnvId`
+    form imported first, as `gymnasium.make` does in every env runner).
+
+    Raises ValueError with Gymnasium's own diagnosis, suggestion included ("Environment `CartPol`
+    doesn't exist. Did you mean: `CartPole`?"), so that a typo is reported before Ray starts.
+    """
+    import importlib
+
+    import gymnasium
+    from gymnasium import error
+
+    resolved = resolve_env_id(env_id)
+    module, _, bare = resolved.rpartition(":")
+    if not module and needs_sepsis_env_import(resolved):
+        module = "sepsis_env"
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(
+                f"cannot import {module!r}, the module of env {env_id!r}: {err}"
+            ) from None
+    try:
+        gymnasium.spec(bare)
+    except error.Error as err:
+        raise ValueError(f"unknown Gymnasium env {env_id!r}: {err}") from None
+    return resolved

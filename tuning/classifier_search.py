@@ -21,14 +21,22 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
-from sepsis_rl.common.config_files import check_known, field_names
-from training.classification.models import ClassifierSettings
+from sepsis_rl.common.config_files import RuleError, build_options, field_names, options_dataclass
+from training.classification.models import MODELS, OVERSAMPLERS, ClassifierSettings
 from training.classification.options import ClassifyConfig
 from tuning.runner import SearchOutcome, SearchStart, TunerSpec, concurrency_for, run_tuner
 from tuning.spaces import (
@@ -47,64 +55,68 @@ TRIAL_INDEX_KEY = "__trial_index__"
 """Set by Tune's Repeater on repeated configurations; offsets the seed."""
 
 
-@dataclass
+TunableMetric = Literal[tuple(CLASSIFIER_METRICS)]
+"""The metrics a classifier search can optimise (`tuning.spaces.CLASSIFIER_METRICS`)."""
+Names = Field(strict=False, min_length=1)
+"""A non-empty tuple of names; a list is accepted for it."""
+
+
+@options_dataclass
 class ClassifierSearch:
     """Every option of a classifier search; the field list is the documentation."""
 
-    data: Path
+    data: Annotated[Path, Field(strict=False)]
     """Folder written by `sepsis-rl data prepare`."""
-    metric: str = "pr_auc"
+    metric: TunableMetric = "pr_auc"
     """Cross-validated metric to optimise: pr_auc, roc_auc (maximised) or brier (minimised)."""
-    n_folds: int = 3
+    n_folds: Annotated[int, Field(ge=2)] = 3
     """Patient-grouped cross-validation folds over the training patients."""
-    num_samples: int = 12
+    num_samples: PositiveInt = 12
     """Configurations to try (the default configuration counts as the first)."""
-    time_budget_s: float | None = 600.0
+    time_budget_s: PositiveFloat | None = 600.0
     """Stop proposing and running trials after this many seconds (None: no limit)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seeds the Optuna sampler, the folds and every model and oversampler."""
-    models: tuple[str, ...] = ("logreg", "random_forest", "xgboost", "svm")
+    models: Annotated[tuple[Literal[MODELS], ...], Names] = MODELS
     """Model families the search may choose."""
-    oversample: tuple[str, ...] = ("none", "smote", "ctgan")
+    oversample: Annotated[tuple[Literal[OVERSAMPLERS], ...], Names] = OVERSAMPLERS
     """Oversampling modes the search may choose."""
-    scheduler: str = "asha"
+    scheduler: Literal["asha", "fifo"] = "asha"
     """Early stopping between folds: asha, or fifo (every trial runs all folds)."""
-    repeats: int = 1
+    repeats: PositiveInt = 1
     """Seeds per configuration (> 1 shows the spread across seeds; needs --scheduler fifo)."""
-    storage: str = "results/tune"
+    storage: Annotated[str, Field(min_length=1)] = "results/tune"
     """Local folder or URI (s3://, gs://) that holds the experiment."""
-    name: str = "classifiers"
+    name: Annotated[str, Field(min_length=1)] = "classifiers"
     """Experiment folder name under `storage`."""
-    max_failures: int = 1
-    """Retries of a failing trial (Tune's FailureConfig)."""
-    cpus_per_trial: float = 1.0
+    max_failures: Annotated[int, Field(ge=-1)] = 1
+    """Retries of a failing trial (Tune's FailureConfig; -1: retry without end)."""
+    cpus_per_trial: PositiveFloat = 1.0
     """CPUs Tune reserves per trial; concurrency is the cluster's CPUs divided by this."""
-    max_concurrent: int | None = None
+    max_concurrent: PositiveInt | None = None
     """Trials at once (None: as many as the cluster's CPUs hold)."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """`ClassifierSettings` fields held fixed in every trial (e.g. ctgan_batch_size)."""
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first option that is out of range."""
-        if self.metric not in CLASSIFIER_METRICS:
-            raise ValueError(
-                f"cannot tune on {self.metric!r}; choose from {tuple(CLASSIFIER_METRICS)}"
-            )
-        if self.n_folds < 2:
-            raise ValueError(f"n_folds={self.n_folds}: cross-validation needs at least 2 folds")
-        if self.num_samples < 1:
-            raise ValueError("num_samples must be at least 1")
-        if self.scheduler not in ("asha", "fifo"):
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose asha or fifo")
-        if self.repeats < 1:
-            raise ValueError("repeats must be at least 1")
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_settings_valid(cls, fixed: dict[str, Any]) -> dict[str, Any]:
+        build_options(ClassifierSettings, fixed)
+        return fixed
+
+    @model_validator(mode="after")
+    def _repeats_need_fifo(self) -> ClassifierSearch:
         if self.repeats > 1 and self.scheduler != "fifo":
-            raise ValueError(
+            raise RuleError(
+                "repeats",
+                self.repeats,
                 "repeating configurations across seeds averages complete trials; early stopping "
-                "would cut repeats short. Use --scheduler fifo with --repeats > 1"
+                "would cut repeats short. Use --scheduler fifo with --repeats > 1",
             )
-        check_known(self.fixed, ClassifierSettings, what="ClassifierSettings field")
-        self.space()  # checks models and oversample
+        return self
+
+    def validate(self) -> None:
+        """Nothing left to check: a `ClassifierSearch` is validated when it is built."""
 
     @property
     def mode(self) -> str:

@@ -31,13 +31,22 @@ import dataclasses
 import functools
 import json
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
+from sepsis_rl.common.config_files import RuleError, build_options, options_dataclass
 from sepsis_rl.common.intervals import mean_interval
 from training.rl.dqn import build_dqn_config
 from training.rl.options import RLOptions, options_from_dict, save_options
@@ -70,69 +79,73 @@ METRIC = "eval_return"
 """Mean return of the greedy policy's evaluation episodes after an iteration."""
 
 
-@dataclass
+@options_dataclass
 class RLSearch:
     """Every option of a DQN search; the field list is the documentation."""
 
     base: RLOptions = field(default_factory=RLOptions)
     """Options every trial starts from (the `--config` file `train` reads); searched fields are
     replaced by each trial's values."""
-    num_samples: int = 6
+    num_samples: PositiveInt = 6
     """Configurations to try (the base configuration counts as the first)."""
-    iterations_per_trial: int = 6
+    iterations_per_trial: PositiveInt = 6
     """RLlib training iterations per trial (each samples `min_sample_timesteps_per_iteration`)."""
-    time_budget_s: float | None = 900.0
+    time_budget_s: PositiveFloat | None = 900.0
     """Stop proposing and running trials after this many seconds (None: no limit)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seeds the search and every trial (trial seed = seed + repeat index)."""
-    scheduler: str = "asha"
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
     """asha (Optuna + ASHA), pbt (population-based training), or fifo."""
-    perturbation_interval: int = 2
+    perturbation_interval: PositiveInt = 2
     """PBT: iterations between exploit/explore steps."""
-    repeats: int = 1
+    repeats: PositiveInt = 1
     """Seeds per configuration (> 1 needs --scheduler fifo)."""
-    eval_episodes: int | None = None
+    eval_episodes: PositiveInt | None = None
     """Greedy evaluation episodes after every iteration (None: `RLOptions.evaluation_episodes`'s
     default, 2,000 fixed validation episodes for SepsisEnv, 20 sampled ones otherwise)."""
-    checkpoint_every: int = 1
+    checkpoint_every: PositiveInt = 1
     """Iterations between trial checkpoints (the last iteration always checkpoints)."""
-    cpus_for_main_process: float = 0.5
+    cpus_for_main_process: PositiveFloat = 0.5
     """CPUs reserved for a trial's driver, which also runs its learner and its evaluation."""
-    storage: str = "results/tune"
+    storage: Annotated[str, Field(min_length=1)] = "results/tune"
     """Local folder or URI (s3://, gs://) that holds the experiment."""
-    name: str = "rl"
+    name: Annotated[str, Field(min_length=1)] = "rl"
     """Experiment folder name under `storage`."""
-    max_failures: int = 1
-    """Retries of a failing trial (Tune's FailureConfig)."""
-    max_concurrent: int | None = None
+    max_failures: Annotated[int, Field(ge=-1)] = 1
+    """Retries of a failing trial (Tune's FailureConfig; -1: retry without end)."""
+    max_concurrent: PositiveInt | None = None
     """Trials at once (None: as many as the cluster's CPUs hold when the search starts; set it
     higher on an autoscaling cluster so that waiting trials make the autoscaler add nodes)."""
-    grace_period: int = 2
+    grace_period: PositiveInt = 2
     """ASHA: iterations every trial runs before it can be stopped. The first iteration mostly
     fills the replay buffer (learning starts after 1,000 steps), so comparing after it would
     rank untrained policies."""
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first option that is out of range."""
-        if not 1 <= self.grace_period <= self.iterations_per_trial:
-            raise ValueError(
-                f"grace_period={self.grace_period} must be between 1 and iterations_per_trial "
-                f"({self.iterations_per_trial})"
+    @field_validator("base", mode="before")
+    @classmethod
+    def _base_from_mapping(cls, value: Any) -> Any:
+        """`base` may be given as a mapping of `RLOptions` fields."""
+        return build_options(RLOptions, value) if isinstance(value, Mapping) else value
+
+    @model_validator(mode="after")
+    def _rules(self) -> RLSearch:
+        if self.grace_period > self.iterations_per_trial:
+            raise RuleError(
+                "grace_period",
+                self.grace_period,
+                f"must be at most iterations_per_trial ({self.iterations_per_trial})",
             )
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
-        if self.scheduler not in ("asha", "pbt", "fifo"):
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose asha, pbt or fifo")
-        for name in ("num_samples", "iterations_per_trial", "repeats", "eval_episodes"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
         if self.repeats > 1 and self.scheduler != "fifo":
-            raise ValueError(
+            raise RuleError(
+                "repeats",
+                self.repeats,
                 "repeating configurations across seeds averages complete trials; early stopping "
-                "or PBT would cut repeats short. Use --scheduler fifo with --repeats > 1"
+                "or PBT would cut repeats short. Use --scheduler fifo with --repeats > 1",
             )
-        if self.cpus_for_main_process <= 0:
-            raise ValueError("cpus_for_main_process must be positive")
+        return self
+
+    def validate(self) -> None:
+        """Nothing left to check: an `RLSearch` is validated when it is built."""
 
     def default_point(self) -> dict[str, Any] | None:
         """The base options' values of the searched fields, if each is a valid choice."""

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
+from sepsis_rl.cli.console import check_out_folder, fail, progress_bar
 from sepsis_rl.cli.console import err_console as console
-from sepsis_rl.cli.console import fail, progress_bar
 from training.study.layout import OPTIONS_FILE, STAGE_NAMES
 
 
@@ -51,6 +51,7 @@ def run_cmd(
     from training.study.pipeline import run_study
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    check_out_folder(out)
     signal.signal(signal.SIGINT, _interrupt)
     try:
         options = load_study_options(config, quick, seed)

@@ -19,6 +19,7 @@ import typer
 from sepsis_rl.cli.console import (
     EXIT_INTERRUPTED,
     EXIT_NO_RESULT,
+    check_out_folder,
     console,
     err_console,
     fail,
@@ -78,6 +79,14 @@ def _config_sets(config: Path | None, key: str) -> bool:
         return False  # load_options reports the broken file
 
 
+def _check_storage(storage: str) -> None:
+    """Refuse, before any work, a local --storage that exists and is not a folder."""
+    from tuning.runner import is_uri
+
+    if not is_uri(storage):
+        check_out_folder(Path(storage), "--storage")
+
+
 def _budget(seconds: float) -> float | None:
     return None if seconds <= 0 else seconds
 
@@ -89,7 +98,10 @@ def _run(run, address: str | None):
     from sepsis_rl.common.ray_local import init_ray
     from tuning.runner import SearchError
 
-    started = init_ray(address)
+    try:
+        started = init_ray(address)
+    except ConnectionError as err:
+        raise fail(str(err)) from None
     try:
         return run()
     except SearchError as err:
@@ -164,28 +176,29 @@ def tune_classifiers_cmd(
     address: AddressOpt = None,
 ) -> None:
     """Search model family, oversampling and hyper-parameters by patient-grouped CV."""
-    from training.classification.features import DataFolderError
+    from training.classification.features import DataFolderError, load_features
     from tuning.classifier_search import ClassifierSearch, refit_best, run_classifier_search
     from tuning.runner import experiment_path, is_uri
 
-    search = ClassifierSearch(
-        data=data,
-        metric=metric,
-        n_folds=folds,
-        num_samples=num_samples,
-        time_budget_s=_budget(time_budget),
-        seed=seed,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()),
-        oversample=tuple(o.strip() for o in oversample.split(",") if o.strip()),
-        scheduler=scheduler,
-        repeats=repeats,
-        storage=storage,
-        name=name or "classifiers",
-        max_failures=max_failures,
-        max_concurrent=max_concurrent,
-    )
+    _check_storage(storage)
     try:
-        search.validate()
+        search = ClassifierSearch(
+            data=data,
+            metric=metric,
+            n_folds=folds,
+            num_samples=num_samples,
+            time_budget_s=_budget(time_budget),
+            seed=seed,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            oversample=tuple(o.strip() for o in oversample.split(",") if o.strip()),
+            scheduler=scheduler,
+            repeats=repeats,
+            storage=storage,
+            name=name or "classifiers",
+            max_failures=max_failures,
+            max_concurrent=max_concurrent,
+        )
+        load_features(data)  # the prepared folder, checked before Ray starts
     except ValueError as err:
         raise fail(str(err)) from None
     command = f"sepsis-rl tune classifiers --data {data} --storage {storage} --name {search.name}"
@@ -307,9 +320,11 @@ def tune_rl_cmd(
     address: AddressOpt = None,
 ) -> None:
     """Search DQN hyper-parameters, scored by the greedy policy's evaluation return."""
+    from sepsis_rl.common.config_files import replace_fields
     from tuning.rl_search import RLSearch, run_rl_search
     from tuning.runner import experiment_path, is_uri
 
+    _check_storage(storage)
     overrides = parse_sets(set_)
     given = {
         "env": env,
@@ -319,30 +334,29 @@ def tune_rl_cmd(
     overrides.update({k: v for k, v in given.items() if v is not None})
     try:
         base = search_base_options(config, overrides)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        raise fail(str(err)) from None
-    # The builder evaluates on this split (RLOptions.evaluation_split); "none": the training one.
-    base.evaluation_split = None if eval_split.lower() == "none" else eval_split
-    search = RLSearch(
-        base=base,
-        num_samples=num_samples,
-        iterations_per_trial=iterations_per_trial,
-        time_budget_s=_budget(time_budget),
-        seed=seed,
-        scheduler=scheduler,
-        perturbation_interval=perturbation_interval,
-        repeats=repeats,
-        eval_episodes=eval_episodes,
-        cpus_for_main_process=cpus_for_driver,
-        storage=storage,
-        name=name or "rl",
-        max_failures=max_failures,
-        max_concurrent=max_concurrent,
-        grace_period=min(grace_period, iterations_per_trial),
-    )
-    try:
-        search.validate()
-    except ValueError as err:
+        # The builder evaluates on this split (RLOptions.evaluation_split); "none": the training
+        # one. Set apart: None among the overrides would mean "not given".
+        base = replace_fields(
+            base, {"evaluation_split": None if eval_split.lower() == "none" else eval_split}
+        )
+        search = RLSearch(
+            base=base,
+            num_samples=num_samples,
+            iterations_per_trial=iterations_per_trial,
+            time_budget_s=_budget(time_budget),
+            seed=seed,
+            scheduler=scheduler,
+            perturbation_interval=perturbation_interval,
+            repeats=repeats,
+            eval_episodes=eval_episodes,
+            cpus_for_main_process=cpus_for_driver,
+            storage=storage,
+            name=name or "rl",
+            max_failures=max_failures,
+            max_concurrent=max_concurrent,
+            grace_period=min(grace_period, iterations_per_trial),
+        )
+    except (ValueError, FileNotFoundError) as err:  # ConfigFileError, OptionsError included
         raise fail(str(err)) from None
     command = f"sepsis-rl tune rl --storage {storage} --name {search.name}"
     outcome = _run(lambda: run_rl_search(search, resume=resume), address)

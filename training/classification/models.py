@@ -22,11 +22,11 @@ SVC does (Platt), fitted on held-out folds of the training data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from imblearn.over_sampling import SMOTE, SMOTENC
 from imblearn.pipeline import Pipeline
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
@@ -37,6 +37,7 @@ from sklearn.svm import LinearSVC
 from xgboost import XGBClassifier
 
 from data_prep.oversampling import CTGANOverSampler
+from sepsis_rl.common.config_files import options_dataclass
 
 MODELS: tuple[str, ...] = ("logreg", "random_forest", "xgboost", "svm")
 
@@ -64,37 +65,43 @@ N_JOBS = 2
 """Threads for random forest and XGBoost: the 2 cores of the reference machine."""
 
 
-@dataclass(frozen=True)
+SamplingRatio = Annotated[float, Field(gt=0, le=1)]
+"""Septic / non-septic patients after oversampling."""
+SamplingWord = Literal["auto", "minority", "not majority", "not minority", "all"]
+"""imbalanced-learn's named sampling strategies."""
+
+
+@options_dataclass(frozen=True)
 class ClassifierSettings:
     """Hyper-parameters of the candidates. Defaults fit the full cohort in the time budget."""
 
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seeds every model, the oversamplers and CTGAN."""
-    sampling_strategy: float | str = "auto"
+    sampling_strategy: SamplingRatio | SamplingWord = "auto"
     """Oversampling target: "auto" balances the classes; a float is minority/majority after."""
-    ctgan_epochs: int = 300
+    ctgan_epochs: PositiveInt = 300
     """CTGAN training epochs (the ctgan default)."""
-    ctgan_batch_size: int = 500
-    """CTGAN batch size, a multiple of 10."""
-    smote_neighbors: int = 5
+    ctgan_batch_size: Annotated[int, Field(gt=0, multiple_of=10)] = 500
+    """CTGAN batch size, a multiple of 10 (CTGAN groups rows in packs of 10)."""
+    smote_neighbors: PositiveInt = 5
     """SMOTE's k nearest minority neighbours."""
-    logreg_c: float = 0.1
+    logreg_c: PositiveFloat = 0.1
     """Inverse L2 strength of logistic regression on standardised features."""
-    rf_trees: int = 200
+    rf_trees: PositiveInt = 200
     """Random-forest trees."""
-    rf_min_leaf: int = 5
+    rf_min_leaf: PositiveInt = 5
     """Random-forest minimum patients per leaf."""
-    xgb_rounds: int = 300
+    xgb_rounds: PositiveInt = 300
     """XGBoost boosting rounds."""
-    xgb_depth: int = 4
+    xgb_depth: PositiveInt = 4
     """XGBoost tree depth."""
-    xgb_learning_rate: float = 0.05
+    xgb_learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.05
     """XGBoost shrinkage."""
-    svm_components: int = 300
+    svm_components: PositiveInt = 300
     """Nystroem features approximating the RBF kernel."""
-    svm_c: float = 0.05
+    svm_c: PositiveFloat = 0.05
     """LinearSVC inverse regularisation."""
-    calibration_folds: int = 3
+    calibration_folds: Annotated[int, Field(ge=2)] = 3
     """Folds of the training data used to fit the SVM's Platt calibration."""
 
 

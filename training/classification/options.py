@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
 
 from sepsis_rl.common.config_files import (
-    ConfigFileError,
-    check_known,
+    build_options,
+    options_dataclass,
     read_config_file,
     replace_fields,
 )
@@ -24,60 +26,38 @@ from training.classification.models import (
     ClassifierSettings,
 )
 
+Names = Field(strict=False, min_length=1)
+"""A non-empty tuple of names; a list (from YAML or JSON) is accepted for it."""
 
-@dataclass(frozen=True)
+
+@options_dataclass(frozen=True)
 class ClassifyConfig:
     """Every option of a `classify` run."""
 
-    oversample: tuple[str, ...] = OVERSAMPLERS
+    oversample: Annotated[tuple[Literal[OVERSAMPLERS], ...], Names] = OVERSAMPLERS
     """Oversampling modes to compare (none, smote, ctgan)."""
-    models: tuple[str, ...] = MODELS
+    models: Annotated[tuple[Literal[MODELS], ...], Names] = MODELS
     """Models to train."""
-    select_metric: str = "pr_auc"
+    select_metric: Literal[SELECTABLE_METRICS] = "pr_auc"
     """Validation metric that picks the best candidate."""
-    threshold_rule: str = "f1"
+    threshold_rule: Literal[THRESHOLD_RULES] = "f1"
     """How each candidate's decision threshold is chosen on validation patients (f1, youden)."""
-    n_boot: int = 1000
-    """Bootstrap resamples of the test patients for the confidence intervals."""
+    n_boot: Annotated[int, Field(ge=100)] = 1000
+    """Bootstrap resamples of the test patients for the confidence intervals (at least 100 for a
+    95% interval)."""
     fidelity: bool = True
     """Write the CTGAN fidelity report (when ctgan is among the modes)."""
     settings: ClassifierSettings = field(default_factory=ClassifierSettings)
     """Model and oversampler hyper-parameters, including the seed."""
 
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _settings_from_mapping(cls, value: Any) -> Any:
+        """`settings` may be given as a mapping of `ClassifierSettings` fields."""
+        return build_options(ClassifierSettings, value) if isinstance(value, Mapping) else value
+
     def validate(self) -> None:
-        """Raise ValueError naming the first option that is out of range."""
-        for name in self.oversample:
-            if name not in OVERSAMPLERS:
-                raise ValueError(f"unknown oversampling {name!r}; choose from {OVERSAMPLERS}")
-        for name in self.models:
-            if name not in MODELS:
-                raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
-        if not self.oversample or not self.models:
-            raise ValueError("choose at least one model and one oversampling mode")
-        if self.select_metric not in SELECTABLE_METRICS:
-            raise ValueError(
-                f"cannot select on {self.select_metric!r}; choose from {SELECTABLE_METRICS}"
-            )
-        if self.threshold_rule not in THRESHOLD_RULES:
-            raise ValueError(
-                f"unknown threshold rule {self.threshold_rule!r}; choose from {THRESHOLD_RULES}"
-            )
-        if self.n_boot < 100:
-            raise ValueError(f"n_boot={self.n_boot} is too few for a 95% interval; use >= 100")
-        strategy = self.settings.sampling_strategy
-        if isinstance(strategy, str):
-            if strategy not in ("auto", "minority", "not majority", "not minority", "all"):
-                raise ValueError(
-                    f"sampling_strategy={strategy!r}; give a ratio in (0, 1] (septic / "
-                    "non-septic after oversampling) or 'auto'"
-                )
-        elif not 0.0 < float(strategy) <= 1.0:
-            raise ValueError(f"sampling_strategy={strategy} must be a ratio in (0, 1]")
-        if self.settings.ctgan_batch_size <= 0 or self.settings.ctgan_batch_size % 10:
-            raise ValueError(
-                f"ctgan_batch_size={self.settings.ctgan_batch_size} must be a positive multiple "
-                "of 10 (CTGAN groups rows in packs of 10)"
-            )
+        """Nothing left to check: a `ClassifyConfig` is validated when it is built."""
 
 
 def classify_config_dict(config: ClassifyConfig) -> dict[str, Any]:
@@ -97,21 +77,27 @@ def classify_config_from_file(
 ) -> ClassifyConfig:
     """`base` (or the defaults) with the fields of a YAML/JSON config file applied.
 
-    The file holds any of `ClassifyConfig`'s fields; `settings` any of `ClassifierSettings`'.
-    Raises `ConfigFileError` (a ValueError) for an unreadable file or an unknown field, naming
-    the file, the field and the valid ones.
+    The file holds any of `ClassifyConfig`'s fields (`models` and `oversample` also as one name);
+    `settings` any of `ClassifierSettings`'. Raises `ConfigFileError` (a ValueError) for an
+    unreadable file, an unknown field or a value that is not allowed, naming the file, the field
+    and what is allowed.
     """
-    where = str(path)
     values = read_config_file(path, what="ClassifyConfig fields")
-    check_known(values, ClassifyConfig, where, what="field")
+    return classify_config_from_dict(values, base, where=str(path))
+
+
+def classify_config_from_dict(
+    values: Mapping[str, Any], base: ClassifyConfig | None = None, where: str = "", prefix: str = ""
+) -> ClassifyConfig:
+    """`base` (or the defaults) with `values` applied, validated; `settings` overrides only the
+    settings it names."""
     base = base or ClassifyConfig()
-    settings = values.pop("settings", None) or {}
-    if not isinstance(settings, Mapping):
-        raise ConfigFileError(
-            f"{where}: settings must be a mapping of ClassifierSettings fields to values"
-        )
+    if not isinstance(values, Mapping):
+        return replace_fields(base, values, where, prefix)  # refused, saying what is expected
+    values = dict(values)
     for key in ("models", "oversample"):
-        if key in values:  # one name, or a list of them
-            values[key] = tuple([values[key]] if isinstance(values[key], str) else values[key])
-    settings = replace_fields(base.settings, settings, where, what="settings field")
-    return dataclasses.replace(base, **values, settings=settings)
+        if isinstance(values.get(key), str):  # one name, or a list of them
+            values[key] = [values[key]]
+    if isinstance(values.get("settings"), Mapping):
+        values["settings"] = {**dataclasses.asdict(base.settings), **values["settings"]}
+    return replace_fields(base, values, where, prefix)

@@ -8,21 +8,46 @@ checkpoint. `training.rl.dqn.build_dqn_config` turns them into RLlib's config.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
-from sepsis_env.ids import SEPSIS_ENV_ID, is_sepsis_env
-from sepsis_rl.common.config_files import field_names, read_config_file, replace_fields
+from sepsis_env.ids import SEPSIS_ENV_ID, check_env_id, is_sepsis_env
+from sepsis_rl.common.config_files import (
+    RuleError,
+    build_options,
+    field_names,
+    options_dataclass,
+    read_config_file,
+    replace_fields,
+)
 
 SEPSIS_TRAIN_KWARGS: dict[str, Any] = {"split": "train"}
 """`gymnasium.make` arguments SepsisEnv is trained with unless `env_kwargs` says otherwise:
 only the training split's patients, so evaluation on the test split sees new patients."""
 
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A number in [0, 1]."""
+LayerSizes = Annotated[list[PositiveInt], Field(min_length=1)]
+"""Sizes of hidden layers, first to last."""
+SchedulePoint = Annotated[list[float], Field(min_length=2, max_length=2)]
+"""`[env_step, value]` of a piecewise-linear schedule."""
+Activation = Literal["relu", "tanh", "elu", "swish", "silu", "linear"]
+"""The activations RLlib's torch models know by name."""
 
-@dataclass
+
+@options_dataclass
 class RLOptions:
     """Every option of a DQN run; the field list is the documentation."""
 
@@ -33,15 +58,15 @@ class RLOptions:
     """Keyword arguments for `gymnasium.make` (None: SepsisEnv on the train split, else none)."""
     normalize_obs: bool = True
     """Map each bounded observation coordinate affinely from its Box bounds onto [-1, 1]."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """The run's one seed: env runners, network initialisation, evaluation episodes."""
 
     # Network
-    fcnet_hiddens: list[int] = field(default_factory=lambda: [128, 128])
+    fcnet_hiddens: LayerSizes = field(default_factory=lambda: [128, 128])
     """Sizes of the shared hidden layers of the Q network."""
-    fcnet_activation: str = "relu"
+    fcnet_activation: Activation = "relu"
     """Activation of the hidden layers (relu, tanh, swish)."""
-    head_fcnet_hiddens: list[int] = field(default_factory=lambda: [64])
+    head_fcnet_hiddens: LayerSizes = field(default_factory=lambda: [64])
     """Sizes of the hidden layers of each dueling head (value and advantage)."""
 
     # DQN
@@ -49,106 +74,127 @@ class RLOptions:
     """Dueling architecture: separate value and advantage streams."""
     double_q: bool = True
     """Double Q-learning: the online network picks the next action, the target network values it."""
-    lr: float | list[list[float]] = 5e-4
+    lr: PositiveFloat | Annotated[list[SchedulePoint], Field(min_length=2)] = 5e-4
     """Adam learning rate, or a piecewise-linear schedule `[[env_step, lr], ...]` over sampled env
     steps (for example `[[0, 1e-3], [1000000, 1e-4]]`)."""
-    gamma: float = 0.99
+    gamma: Fraction = 0.99
     """Discount factor."""
-    n_step: int = 1
+    n_step: PositiveInt = 1
     """Length of the n-step returns used as TD targets (the last steps of an episode get shorter
     returns that end at the outcome; `training.rl.replay`)."""
-    train_batch_size: int = 128
+    train_batch_size: PositiveInt = 128
     """Transitions per learner update, drawn from the replay buffer."""
-    training_intensity: float | None = 32.0
+    training_intensity: PositiveFloat | None = 32.0
     """Replayed transitions per sampled transition, exactly (None: one update per sampling
     round). RLlib's own DQN, which counted the driver's idle env runner, replayed about 31 per
     sampled step when asked for 16: 32 keeps the learning of earlier runs per env step."""
-    target_network_update_freq: int = 500
+    target_network_update_freq: PositiveInt = 500
     """Env steps between target-network updates."""
-    tau: float = 1.0
+    tau: Annotated[float, Field(gt=0, le=1)] = 1.0
     """Target update mix: 1.0 copies the online weights, < 1 is a Polyak average."""
-    grad_clip: float = 10.0
+    grad_clip: PositiveFloat = 10.0
     """Gradient clipping by global norm."""
-    num_steps_sampled_before_learning_starts: int = 1000
+    num_steps_sampled_before_learning_starts: NonNegativeInt = 1000
     """Env steps collected with the initial policy before the first update."""
 
     # Exploration
-    epsilon_start: float = 1.0
+    epsilon_start: Fraction = 1.0
     """Initial epsilon of epsilon-greedy exploration."""
-    epsilon_end: float = 0.02
+    epsilon_end: Fraction = 0.02
     """Final epsilon."""
-    epsilon_timesteps: int = 10_000
+    epsilon_timesteps: PositiveInt = 10_000
     """Env steps over which epsilon decays linearly from start to end."""
 
     # Prioritized replay
-    replay_capacity: int = 50_000
+    replay_capacity: PositiveInt = 50_000
     """Capacity of the prioritized replay buffer, in transitions."""
-    replay_alpha: float = 0.6
+    replay_alpha: NonNegativeFloat = 0.6
     """How strongly priorities shape sampling (0: uniform)."""
-    replay_beta: float = 0.4
+    replay_beta: Fraction = 0.4
     """Importance-sampling correction of prioritized sampling (1: full correction)."""
-    replay_priority_epsilon: float = 0.01
+    replay_priority_epsilon: PositiveFloat = 0.01
     """Added to each |TD error| to make its priority (reward units), so no transition's priority
     falls to ~0 and stalls learning (`training.rl.replay.PrioritizedTransitionBuffer`)."""
 
     # Sampling and resources
-    num_env_runners: int = 1
+    num_env_runners: NonNegativeInt = 1
     """Remote env-runner actors sampling in parallel (0: sample in the driver)."""
-    num_envs_per_env_runner: int = 4
+    num_envs_per_env_runner: PositiveInt = 4
     """Environment copies stepped together in each env runner."""
-    num_cpus_per_env_runner: float = 1.0
+    num_cpus_per_env_runner: NonNegativeFloat = 1.0
     """CPUs reserved per env runner (fractional values let runners share a core)."""
-    rollout_fragment_length: int = 16
+    rollout_fragment_length: PositiveInt = 16
     """Env steps per env per sampling round (RLlib's 'auto' came out as 1: very slow)."""
-    min_sample_timesteps_per_iteration: int = 1000
+    min_sample_timesteps_per_iteration: NonNegativeInt = 1000
     """Env steps sampled per training iteration at least."""
-    custom_resources_per_env_runner: dict[str, float] = field(default_factory=dict)
+    custom_resources_per_env_runner: dict[str, NonNegativeFloat] = field(default_factory=dict)
     """Custom Ray resources each env runner needs (for example to pin runners to a node)."""
 
     sample_async: bool = True
     """Env runners sample the next round while the learner updates on the last one (their policy
     is then one training step older); no effect without remote env runners."""
-    num_learners: int = 0
+    num_learners: NonNegativeInt = 0
     """Remote learner actors (0: one learner in the driver). With several, each update's batch is
     split among them (data-parallel, gloo on CPU) and every priority still lands on its own
     transition (`training.rl.fast_dqn`)."""
-    num_cpus_per_learner: float = 1.0
+    num_cpus_per_learner: NonNegativeFloat = 1.0
     """CPUs reserved per remote learner (fractional values let learners share a core)."""
 
-    learner_torch_threads: int = 1
+    learner_torch_threads: PositiveInt = 1
     """Torch threads of the learner in the driver: more threads slowed a small-MLP update about
     13-fold on a busy 2-core machine (0.64 s vs 0.048 s at batch 128)."""
 
     # Fault tolerance
     restart_failed_env_runners: bool = True
     """Replace an env runner that died (killed process, lost node) and keep training."""
-    max_num_env_runner_restarts: int = 1000
+    max_num_env_runner_restarts: NonNegativeInt = 1000
     """How many env-runner restarts the run tolerates in total."""
-    delay_between_env_runner_restarts_s: float = 2.0
+    delay_between_env_runner_restarts_s: NonNegativeFloat = 2.0
     """Wait before restarting a failed env runner (RLlib's default is 60 s)."""
 
     # Evaluation during training (greedy, in the driver; picks the best checkpoint)
-    evaluation_interval: int = 2
+    evaluation_interval: NonNegativeInt = 2
     """Evaluate the greedy policy every this many iterations (0: never)."""
-    evaluation_episodes: int | None = None
+    evaluation_episodes: PositiveInt | None = None
     """Episodes per evaluation during training (None: 2,000 for SepsisEnv, the same validation
     episodes every time, run as one batch by `training.rl.validation`; 20 for other envs, which
     RLlib samples one step at a time)."""
-    evaluation_split: str | None = "val"
+    evaluation_split: Literal["train", "val"] | None = "val"
     """Patient split of the evaluation env when the env takes a `split` (never the test split:
     the best checkpoint would be chosen on the patients it is later judged on)."""
 
     # Budget and bookkeeping (used by the training loop, not by RLlib)
-    episodes: int | None = 3600
+    episodes: PositiveInt | None = 3600
     """Stop after this many training episodes (the original study trained 2,000). With the
     defaults, 3,600 episodes take 7-8 minutes on 2 cores and `checkpoints/best` beat the
     protocol on return and survival on test patients in both seeds we ran (README)."""
-    env_steps: int | None = None
+    env_steps: PositiveInt | None = None
     """Stop after this many sampled env steps."""
-    time_budget_s: float | None = 840.0
+    time_budget_s: PositiveFloat | None = 840.0
     """Stop after this many seconds of wall time (default: 14 minutes, the quality target's cap)."""
-    checkpoint_every: int = 10
+    checkpoint_every: PositiveInt = 10
     """Write the `last` checkpoint (with the replay buffer) every this many iterations."""
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, env: str) -> str:
+        """Gymnasium must know the id here, in the driver, before Ray starts."""
+        check_env_id(env)
+        return env
+
+    @model_validator(mode="after")
+    def _schedule_starts_at_zero(self) -> RLOptions:
+        """RLlib's schedules start at env step 0 and go forward."""
+        if isinstance(self.lr, list):
+            steps = [step for step, _ in self.lr]
+            if steps[0] != 0 or steps != sorted(steps) or min(v for _, v in self.lr) <= 0:
+                raise RuleError(
+                    "lr",
+                    self.lr,
+                    "a schedule starts at env step 0, its steps never go back, and every "
+                    "learning rate is > 0",
+                )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain data (what `config.yaml` holds)."""
@@ -163,17 +209,27 @@ def option_names() -> list[str]:
 def options_from_dict(
     values: dict[str, Any], base: RLOptions | None = None, where: str = ""
 ) -> RLOptions:
-    """`base` (or the defaults) with `values` applied; unknown keys raise `ValueError`."""
-    return replace_fields(base or RLOptions(), values, where, what="RL option")
+    """`base` (or the defaults) with `values` applied; an unknown option or a value that is not
+    allowed raises `OptionsError` (a ValueError) naming `where` (a file) and each field."""
+    if base is None:
+        return build_options(RLOptions, values, where)
+    return replace_fields(base, values, where)
 
 
 def load_options(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RLOptions:
-    """Options from a YAML or JSON file (any subset of the fields), then `overrides` on top."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values.update(read_config_file(path, what="RL option names"))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return options_from_dict(values, where=str(path) if path is not None else "")
+    """Options from a YAML or JSON file (any subset of the fields), then `overrides` on top.
+
+    The file is validated on its own first, so that its errors name the file and the errors of
+    the overrides (the command line) do not."""
+    options = (
+        RLOptions()
+        if path is None
+        else build_options(
+            RLOptions, read_config_file(path, what="RL option names"), where=str(path)
+        )
+    )
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return replace_fields(options, overrides) if overrides else options
 
 
 def save_options(options: RLOptions, path: str | Path) -> None:

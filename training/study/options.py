@@ -1,41 +1,93 @@
 """Every option of `sepsis-rl run` (`StudyOptions`), its `--quick` preset, and how a config file
 sets them.
+
+A study config is checked whole before the first stage runs: the parts that override the options
+of a stage (`prepare`, `classify`, `classifier_settings`, `rl`) are built into those options
+(`PrepareOptions`, `ClassifyConfig`, `ClassifierSettings`, `RLOptions`) and validated with them,
+so a bad `rl.episodes` is reported at once, not after the data were prepared.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sepsis_rl.common.config_files import check_known, read_config_file
+from pydantic import NonNegativeInt, PositiveInt, ValidationInfo, field_validator
+
+from sepsis_rl.common.config_files import (
+    OptionsError,
+    Problem,
+    build_options,
+    options_dataclass,
+    read_config_file,
+    replace_fields,
+)
 from training.rl.evaluate import TEST_EPISODES
 
+if TYPE_CHECKING:
+    from data_prep.prepare import PrepareOptions
+    from training.classification.models import ClassifierSettings
+    from training.classification.options import ClassifyConfig
+    from training.rl.options import RLOptions
 
-@dataclass
+
+@options_dataclass
 class StudyOptions:
     """Every option of `sepsis-rl run`; a config file (YAML/JSON) sets any of them."""
 
-    patients: int = 10_000
+    patients: PositiveInt = 10_000
     """Synthetic stays to generate when no --data is given."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """The run's one seed, passed to every stage."""
     prepare: dict[str, Any] = field(default_factory=dict)
     """Overrides of `data_prep.prepare.PrepareOptions` (missing_threshold, outliers, ...)."""
     classify: dict[str, Any] = field(
         default_factory=lambda: {"oversample": ["none", "smote", "ctgan"], "n_boot": 1000}
     )
-    """Overrides of `training.classification.options.ClassifyConfig`; `settings` holds model
-    options."""
+    """Overrides of `training.classification.options.ClassifyConfig` (oversample, models,
+    n_boot, ...); model options go in `classifier_settings`."""
     classifier_settings: dict[str, Any] = field(default_factory=lambda: {"ctgan_epochs": 100})
     """Overrides of `training.classification.models.ClassifierSettings` (ctgan_epochs,
     xgb_rounds, ...)."""
     rl: dict[str, Any] = field(default_factory=dict)
     """Overrides of `training.rl.options.RLOptions` (episodes, lr, num_env_runners, ...)."""
-    evaluation_episodes: int = TEST_EPISODES
+    evaluation_episodes: PositiveInt = TEST_EPISODES
     """Paired evaluation episodes per policy on test patients."""
     quick: bool = False
     """Set by `--quick`: the report then says it is a short demonstration run."""
+
+    @field_validator("prepare")
+    @classmethod
+    def _prepare_builds(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _prepare_options(values, _seed(info))
+        return values
+
+    @field_validator("classify")
+    @classmethod
+    def _classify_builds(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from training.classification.models import ClassifierSettings
+
+        _classify_config(values, ClassifierSettings(seed=_seed(info)))
+        return values
+
+    @field_validator("classifier_settings")
+    @classmethod
+    def _settings_build(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _classifier_settings(values, _seed(info))
+        return values
+
+    @field_validator("rl")
+    @classmethod
+    def _rl_builds(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _rl_options(values, _seed(info))
+        return values
+
+
+def _seed(info: ValidationInfo) -> int:
+    """The study's seed, as each stage gets it (0 while the seed itself is not valid)."""
+    return info.data.get("seed", 0)
 
 
 QUICK = {
@@ -55,22 +107,73 @@ QUICK = {
 """`--quick`: a small cohort and short budgets; the whole study in about 3 minutes."""
 
 
+def prepare_options_of(options: StudyOptions) -> PrepareOptions:
+    """The options of the `prepared` stage: the study's seed, then `options.prepare`."""
+    return _prepare_options(options.prepare, options.seed, prefix="prepare")
+
+
+def classify_config_of(options: StudyOptions) -> ClassifyConfig:
+    """The options of the `classify` stage: `options.classify`, with the study's seed and then
+    `options.classifier_settings` as its settings."""
+    settings = _classifier_settings(
+        options.classifier_settings, options.seed, prefix="classifier_settings"
+    )
+    return _classify_config(options.classify, settings, prefix="classify")
+
+
+def rl_options_of(options: StudyOptions, env_kwargs: dict[str, Any] | None = None) -> RLOptions:
+    """The options of the `rl` stage: the study's seed, then `options.rl` (and `env_kwargs`, the
+    cohort the stage trains on, when given)."""
+    values = dict(options.rl) if env_kwargs is None else {**options.rl, "env_kwargs": env_kwargs}
+    return _rl_options(values, options.seed, prefix="rl")
+
+
+def _prepare_options(values: dict[str, Any], seed: int, prefix: str = "") -> PrepareOptions:
+    from data_prep.prepare import PrepareOptions
+
+    return build_options(PrepareOptions, {"seed": seed, **values}, prefix=prefix)
+
+
+def _classifier_settings(values: dict[str, Any], seed: int, prefix: str = "") -> ClassifierSettings:
+    from training.classification.models import ClassifierSettings
+
+    return build_options(ClassifierSettings, {"seed": seed, **values}, prefix=prefix)
+
+
+def _classify_config(
+    values: dict[str, Any], settings: ClassifierSettings, prefix: str = ""
+) -> ClassifyConfig:
+    from training.classification.options import ClassifyConfig
+
+    if "settings" in values:
+        message = "set model options in classifier_settings"
+        problem = Problem("settings", values["settings"], kind="rule", message=message)
+        raise OptionsError([problem.within(prefix)])
+    return build_options(ClassifyConfig, {**values, "settings": settings}, prefix=prefix)
+
+
+def _rl_options(values: dict[str, Any], seed: int, prefix: str = "") -> RLOptions:
+    from training.rl.options import RLOptions
+
+    return build_options(RLOptions, {"seed": seed, **values}, prefix=prefix)
+
+
 def load_study_options(path: Path | None, quick: bool, seed: int | None) -> StudyOptions:
-    """Defaults, then `--quick`, then the config file, then `--seed`."""
+    """Defaults, then `--quick`, then the config file, then `--seed`; validated whole, every
+    stage's part included (`OptionsError` names the file and each field's path)."""
     values: dict[str, Any] = {}
     if quick:
         values = _merge(values, QUICK)
     if path is not None:
-        loaded = read_config_file(path, what="study options")
-        check_known(loaded, StudyOptions, str(path), what="option")
-        values = _merge(values, loaded)
-    options = StudyOptions()
-    for key, value in values.items():
-        base = getattr(options, key)
-        setattr(options, key, _merge(base, value) if isinstance(base, dict) else value)
+        values = _merge(values, read_config_file(path, what="study options"))
     if seed is not None:
-        options.seed = seed
-    return options
+        values["seed"] = seed
+    defaults = StudyOptions()
+    for key, value in values.items():
+        base = getattr(defaults, key, None)
+        if isinstance(base, dict) and isinstance(value, dict):
+            values[key] = _merge(base, value)
+    return replace_fields(defaults, values, where=str(path) if path is not None else "")
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -85,4 +188,4 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def options_document(options: StudyOptions) -> dict[str, Any]:
     """The options as written into the report and `study.yaml`."""
-    return asdict(replace(options))
+    return dataclasses.asdict(options)

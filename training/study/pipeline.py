@@ -28,7 +28,12 @@ import yaml
 from data_prep.prepare import ENV_COHORT_FILE
 from training.study import layout
 from training.study.layout import CLASSIFY, EVALUATION, PREPARED, RAW, RAW_PSV, RL, RL_STARTED
-from training.study.options import StudyOptions
+from training.study.options import (
+    StudyOptions,
+    classify_config_of,
+    prepare_options_of,
+    rl_options_of,
+)
 from training.study.stages import Stage, files_fingerprint, fingerprint
 
 STUDY_VERSION = 1  # bump when a stage's meaning changes, so old outputs are not reused
@@ -229,13 +234,12 @@ def _synthesise(stage: Stage, options: StudyOptions) -> None:
 def _prepare(
     stage: Stage, input_path: Path, options: StudyOptions, progress: Progress | None
 ) -> None:
-    from data_prep.prepare import PrepareOptions, prepare
+    from data_prep.prepare import prepare
 
-    prepare_options = PrepareOptions(**{"seed": options.seed, **options.prepare})
     report = prepare(
         input_path,
         stage.directory,
-        prepare_options,
+        prepare_options_of(options),
         progress=None if progress is None else (lambda d, t: progress("reading", d, t)),
     )
     stage.mark_done({"patients": report["raw"]["patients"]})
@@ -245,25 +249,14 @@ def _classify(
     stage: Stage, prepared_dir: Path, options: StudyOptions, progress: Progress | None
 ) -> None:
     from training.classification.experiment import run_classification
-    from training.classification.models import ClassifierSettings
-    from training.classification.options import ClassifyConfig
 
-    settings = ClassifierSettings(**{"seed": options.seed, **options.classifier_settings})
-    values = dict(options.classify)
-    for key in ("oversample", "models"):
-        if key in values:
-            values[key] = tuple(values[key])
-    config = ClassifyConfig(**values, settings=settings)
+    config = classify_config_of(options)
     run_classification(prepared_dir, stage.directory, config, progress=progress)
     stage.mark_done()
 
 
 def _rl_options(run: StudyRun):
-    from training.rl.options import RLOptions, options_from_dict
-
-    base = RLOptions(seed=run.options.seed)
-    kwargs = {"cohort": str(run.cohort), "split": "train"}
-    return options_from_dict({**run.options.rl, "env_kwargs": kwargs}, base=base)
+    return rl_options_of(run.options, env_kwargs={"cohort": str(run.cohort), "split": "train"})
 
 
 def _train(stage: Stage, rl_options, notify: Notify) -> None:
