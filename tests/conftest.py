@@ -64,3 +64,33 @@ def greedy_mean_return():
         return float(np.mean(returns))
 
     return mean_return
+
+
+@pytest.fixture(scope="session")
+def tiny_sepsis_run(tmp_path_factory) -> Path:
+    """A tiny real DQN run on SepsisEnv (one iteration, about 12 s): `checkpoints/last` with its
+    buffer and manifest. Copy it before damaging it: the session shares it."""
+    import ray
+
+    from training.rl.options import RLOptions
+    from training.rl.train import train
+
+    out = tmp_path_factory.mktemp("tiny_sepsis_run") / "run"
+    options = RLOptions(
+        episodes=None,
+        env_steps=200,
+        num_env_runners=0,
+        min_sample_timesteps_per_iteration=200,
+        num_steps_sampled_before_learning_starts=100,
+        evaluation_interval=0,
+        training_intensity=1,
+        replay_capacity=1000,
+        fcnet_hiddens=[16],
+        head_fcnet_hiddens=[16],
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        train(options, out)
+    finally:
+        ray.shutdown()
+    return out

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from sepsis_rl.cli import app
+from sepsis_rl.common.manifest import write_manifest
 from training.classification.candidates import fit_candidate
 from training.classification.experiment import run_classification
 from training.classification.features import DataFolderError, load_features
@@ -29,7 +30,12 @@ from training.classification.leakage import (
     instrument,
     row_fingerprints,
 )
-from training.classification.model_file import FeatureMismatchError, ModelFileError, load_model
+from training.classification.model_file import (
+    MODEL_KIND,
+    FeatureMismatchError,
+    ModelFileError,
+    load_model,
+)
 from training.classification.models import MODELS, OVERSAMPLERS, ClassifierSettings, build_pipeline
 from training.classification.options import ClassifyConfig
 
@@ -174,13 +180,17 @@ def test_corrupt_or_missing_model_files_are_reported(run, tmp_path):
     with (copy / "best_model.joblib").open("r+b") as stream:
         stream.seek(100)
         stream.write(b"\x00garbage\x00")
-    with pytest.raises(ModelFileError, match="corrupt"):
+    with pytest.raises(ModelFileError, match=r"best_model\.joblib is damaged or was replaced"):
         load_model(copy)
+    shutil.copy2(out / "model" / "best_model.joblib", copy / "best_model.joblib")
     (copy / "best_model.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match=r"best_model\.json is damaged or was replaced"):
+        load_model(copy)
+    write_manifest(copy, MODEL_KIND)  # past the manifest, the description itself is checked
     with pytest.raises(ModelFileError, match="not valid JSON"):
         load_model(copy)
     (copy / "best_model.json").unlink()
-    with pytest.raises(ModelFileError, match="missing"):
+    with pytest.raises(ModelFileError, match=r"best_model\.json is missing"):
         load_model(copy)
 
 
@@ -376,4 +386,4 @@ def test_cli_rejects_unknown_options(prepared_dir, tmp_path):
         ["classify", "--data", str(prepared_dir), "--out", str(tmp_path), "--models", "knn"],
     )
     assert result.exit_code == 2
-    assert "unknown model 'knn'" in result.output
+    assert "models[0] = 'knn': expected one of 'logreg'" in result.output

@@ -1,8 +1,14 @@
-"""The selected classifier on disk: save it with its metadata, load it back, score new patients."""
+"""The selected classifier on disk: save it with its metadata, load it back, score new patients.
+
+The folder holds `best_model.joblib` (a pickle: loading it runs code), `best_model.json` and a
+manifest of both (`sepsis_rl.common.manifest`). `load_model` checks the manifest, and its
+signature when a manifest key is configured, before joblib reads anything.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import platform
 import warnings
@@ -16,6 +22,7 @@ import pandas as pd
 from imblearn.pipeline import Pipeline
 
 from sepsis_rl.common.files import write_json_atomic
+from sepsis_rl.common.manifest import ManifestError, verify_manifest, write_manifest
 from training.classification.candidates import Candidate, positive_scores
 from training.classification.features import ID_COLUMNS, FeatureTable
 from training.classification.options import ClassifyConfig
@@ -29,12 +36,26 @@ MODEL_META_FILE = "best_model.json"
 MODEL_FORMAT = "sepsis-rl-classifier/1"
 
 
+MODEL_KIND = "sepsis-rl/classifier-model"
+"""The kind recorded in the model folder's manifest (a checkpoint's manifest says another)."""
+
+
+UNVERIFIED_HINT = (
+    "it was written by a sepsis-rl older than model manifests, or not by `sepsis-rl classify`. "
+    "Run `sepsis-rl classify` again to write a checked model folder; or, only if you wrote this "
+    "folder yourself and it never left your control, record its files as they are now with "
+    'python -c "from training.classification.model_file import trust_model_folder; '
+    "trust_model_folder('{path}')\""
+)
+
+
 class FeatureMismatchError(ValueError):
     """Features given for scoring do not match the ones the model was trained on."""
 
 
-class ModelFileError(RuntimeError):
-    """A saved model is missing, unreadable or does not match its metadata."""
+class ModelFileError(ValueError):
+    """A saved model is missing, unreadable, altered since it was written (its manifest says
+    which file), or not a classifier saved by this project."""
 
 
 def _versions() -> dict[str, str]:
@@ -70,7 +91,8 @@ def _scoring_pipeline(pipeline: Pipeline) -> Pipeline:
 def save_model(
     candidate: Candidate, table: FeatureTable, config: ClassifyConfig, folder: Path
 ) -> Path:
-    """Write `best_model.joblib` (preprocessing + model) and `best_model.json` into `folder`."""
+    """Write `best_model.joblib` (preprocessing + model), `best_model.json` and the manifest of
+    both (signed when a manifest key is configured) into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / MODEL_FILE
@@ -90,10 +112,33 @@ def save_model(
         },
         "seed": config.settings.seed,
         "versions": _versions(),
-        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
     }
     write_json_atomic(folder / MODEL_META_FILE, metadata)
+    write_manifest(folder, MODEL_KIND)
     return model_path
+
+
+def trust_model_folder(folder: Path) -> Path:
+    """Write the manifest of a model folder as it is now (signed if a key is configured).
+
+    The explicit opt-in for a folder written before manifests existed: it vouches for
+    `best_model.joblib`, so use it only on a folder you wrote yourself and kept under your
+    control. The old checksum in `best_model.json` must still match.
+    """
+    folder = Path(folder)
+    model_path, meta_path = folder / MODEL_FILE, folder / MODEL_META_FILE
+    _require_files(model_path, meta_path)
+    metadata = _read_metadata(meta_path)
+    recorded = metadata.get("sha256")
+    if recorded is not None:
+        with model_path.open("rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+        if not hmac.compare_digest(digest, str(recorded)):
+            raise ModelFileError(
+                f"{model_path} does not match the sha256 recorded in {meta_path}: the file is "
+                "corrupt or was replaced; run `sepsis-rl classify` again"
+            )
+    return write_manifest(folder, MODEL_KIND)
 
 
 @dataclass
@@ -178,31 +223,29 @@ def check_features(features: pd.DataFrame, expected: Sequence[str]) -> pd.DataFr
 def load_model(folder: Path) -> SepsisClassifier:
     """Load the model `classify` saved in `folder` (its `model/` sub-folder).
 
-    Raises ModelFileError when a file is missing, unreadable, altered since it was written, or not
-    a classifier saved by this project.
+    Raises ModelFileError (a ValueError) when a file is missing, unreadable, altered since it was
+    written (checked against the manifest before anything is unpickled), or not a classifier
+    saved by this project.
     """
     folder = Path(folder)
     model_path, meta_path = folder / MODEL_FILE, folder / MODEL_META_FILE
-    for path in (model_path, meta_path):
-        if not path.is_file():
-            raise ModelFileError(
-                f"{path} is missing; point at the `model` folder written by `sepsis-rl classify`"
-            )
+    _require_files(model_path, meta_path)
     try:
-        metadata = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelFileError(f"{meta_path} is not valid JSON ({err}); re-run classify") from err
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ModelFileError(
-            f"{meta_path} is not a sepsis-rl classifier description (format "
-            f"{metadata.get('format')!r}, expected {MODEL_FORMAT!r})"
+        verify_manifest(
+            folder,
+            MODEL_KIND,
+            missing_hint=UNVERIFIED_HINT.format(path=folder),
+            remedy="copy the folder again from where it was written, or re-run "
+            "`sepsis-rl classify` to write it again",
         )
-    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    if digest != metadata.get("sha256"):
-        raise ModelFileError(
-            f"{model_path} does not match the checksum in {meta_path}: the file is corrupt or "
-            "was replaced; re-run `sepsis-rl classify` to write it again"
-        )
+    except ManifestError as err:
+        raise ModelFileError(str(err)) from err
+    metadata = _read_metadata(meta_path)
+    feature_names, threshold = metadata.get("feature_names"), metadata.get("threshold")
+    if not isinstance(feature_names, list) or not all(isinstance(n, str) for n in feature_names):
+        raise ModelFileError(f"{meta_path}: feature_names must be a list of column names")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise ModelFileError(f"{meta_path}: threshold must be a number, got {threshold!r}")
     try:
         pipeline = joblib.load(model_path)
     except Exception as err:  # unpickling can fail in many ways; all mean an unusable file
@@ -211,7 +254,31 @@ def load_model(folder: Path) -> SepsisClassifier:
             f"with other library versions ({metadata.get('versions')}); re-run classify"
         ) from err
     if not isinstance(pipeline, Pipeline) or not hasattr(pipeline, "predict_proba"):
-        raise ModelFileError(f"{model_path} does not hold a fitted classification pipeline")
-    return SepsisClassifier(
-        pipeline, list(metadata["feature_names"]), float(metadata["threshold"]), metadata
-    )
+        raise ModelFileError(
+            f"{model_path} holds a {type(pipeline).__name__}, expected the fitted imblearn "
+            "Pipeline with predict_proba that `sepsis-rl classify` saves"
+        )
+    return SepsisClassifier(pipeline, list(feature_names), float(threshold), metadata)
+
+
+def _require_files(*paths: Path) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise ModelFileError(
+                f"{path} is missing; point at the `model` folder written by `sepsis-rl classify`"
+            )
+
+
+def _read_metadata(meta_path: Path) -> dict:
+    """`best_model.json`, checked to be a description this project wrote."""
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{meta_path} is not valid JSON ({err}); re-run classify") from err
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != MODEL_FORMAT:
+        raise ModelFileError(
+            f"{meta_path} is not a sepsis-rl classifier description (format "
+            f"{found!r}, expected {MODEL_FORMAT!r})"
+        )
+    return metadata

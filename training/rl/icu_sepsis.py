@@ -82,9 +82,19 @@ def exact_evaluator(
 
 
 def trained_on_icu_sepsis(checkpoint: str | Path) -> bool:
-    """Whether a `sepsis-rl train` checkpoint was trained on ICU-Sepsis."""
+    """Whether a `sepsis-rl train` checkpoint was trained on ICU-Sepsis.
+
+    Only reads the options (YAML, nothing unpickled) and never raises for a bad file: False
+    then, and `load_policy`, which checks the checkpoint first, says what is wrong with it.
+    """
     options_file = Path(checkpoint) / OPTIONS_FILE
-    return options_file.exists() and is_icu_sepsis(load_options(options_file).env)
+    if not options_file.is_file():
+        return False
+    try:
+        env = load_options(options_file).env
+    except ValueError:
+        return False
+    return isinstance(env, str) and is_icu_sepsis(env)
 
 
 def exact_evaluation_function(

@@ -3,6 +3,10 @@
 RLlib's env-to-module connectors do not run when a bare RLModule is served, so the observation
 normalisation training used (`BoxNormalization`, inside the env creator) is applied here again,
 from the same env's Box bounds.
+
+`load_policy` checks the checkpoint against its manifest before RLlib unpickles anything
+(`training.rl.run_dir.verify_checkpoint`), then refuses options or a module that do not fit: each
+error names the file and what was expected.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 
 from training.rl.envs import make_raw_env, normalization_constants, normalize
 from training.rl.options import RLOptions, load_options, resolved_env_kwargs
-from training.rl.run_dir import MODULE_SUBDIR, OPTIONS_FILE
+from training.rl.run_dir import MODULE_SUBDIR, OPTIONS_FILE, CheckpointError, verify_checkpoint
 
 
 class GreedyPolicy:
@@ -52,25 +56,89 @@ class GreedyPolicy:
 
 
 def load_policy(checkpoint: str | Path) -> GreedyPolicy:
-    """The greedy policy of an algorithm checkpoint written by `sepsis-rl train`."""
+    """The greedy policy of an algorithm checkpoint written by `sepsis-rl train`.
+
+    Raises FileNotFoundError for a missing folder; CheckpointError or ManifestError (both
+    ValueError) for a folder that is not an intact checkpoint of ours, options that are not
+    valid, or a module that is not a DQN module fitting the options' environment.
+    """
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     checkpoint = Path(checkpoint)
+    verify_checkpoint(checkpoint)
+    options = checkpoint_options(checkpoint)
+    space, n_actions = _spaces_of(options, checkpoint / OPTIONS_FILE)
     module_dir = checkpoint / MODULE_SUBDIR
-    options_file = checkpoint / OPTIONS_FILE
-    if not module_dir.is_dir() or not options_file.exists():
-        raise FileNotFoundError(
-            f"{checkpoint} is not a checkpoint written by `sepsis-rl train` "
-            f"(expected {MODULE_SUBDIR} and {OPTIONS_FILE} inside it); "
-            "pass a run's checkpoints/last or checkpoints/best"
+    try:
+        module = RLModule.from_checkpoint(str(module_dir.resolve()))
+    except Exception as err:  # unpickling fails in many ways; all mean an unusable checkpoint
+        raise CheckpointError(
+            f"cannot load the RLModule from {module_dir} ({type(err).__name__}: {err}); "
+            "expected the DQN module `sepsis-rl train` wrote"
+        ) from err
+    if not callable(getattr(module, "compute_q_values", None)):
+        raise CheckpointError(
+            f"{module_dir} holds a {type(module).__name__}, not a DQN module with Q-values: "
+            "the checkpoint was trained by another algorithm"
         )
-    options = load_options(options_file)
-    module = RLModule.from_checkpoint(str(module_dir.resolve()))
     module.eval()
-    env = make_raw_env({"env_id": options.env, "env_kwargs": resolved_env_kwargs(options)})
-    space = env.observation_space
+    policy = GreedyPolicy(module, options, space)
+    _check_fits(policy, n_actions, module_dir)
+    return policy
+
+
+def checkpoint_options(checkpoint: str | Path) -> RLOptions:
+    """The options inside a checkpoint, with the fields serving needs checked for type."""
+    path = Path(checkpoint) / OPTIONS_FILE
+    options = load_options(path)
+    expected = {
+        "env": (str, "a Gymnasium id (text)"),
+        "env_kwargs": ((dict, type(None)), "a mapping of gymnasium.make arguments, or null"),
+        "normalize_obs": (bool, "true or false"),
+    }
+    for name, (types, what) in expected.items():
+        value = getattr(options, name)
+        if not isinstance(value, types) or (name == "env" and not value.strip()):
+            raise CheckpointError(
+                f"{path}: {name} is {value!r} ({type(value).__name__}), expected {what}"
+            )
+    return options
+
+
+def _spaces_of(options: RLOptions, options_file: Path) -> tuple[gym.spaces.Box, int]:
+    """The raw observation space and the number of actions of the options' environment."""
+    try:
+        env = make_raw_env({"env_id": options.env, "env_kwargs": resolved_env_kwargs(options)})
+    except (gym.error.Error, ModuleNotFoundError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{options_file}: cannot make env {options.env!r} with env_kwargs "
+            f"{options.env_kwargs!r} ({type(err).__name__}: {err})"
+        ) from err
+    space, actions = env.observation_space, env.action_space
     env.close()
-    return GreedyPolicy(module, options, space)
+    if not isinstance(space, gym.spaces.Box) or not isinstance(actions, gym.spaces.Discrete):
+        raise CheckpointError(
+            f"{options_file}: env {options.env!r} has {space} observations and {actions} "
+            "actions; a DQN policy needs Box observations and Discrete actions"
+        )
+    return space, int(actions.n)
+
+
+def _check_fits(policy: GreedyPolicy, n_actions: int, module_dir: Path) -> None:
+    """Refuse a module whose input or output does not fit the environment it claims."""
+    probe = np.zeros((1, *policy.observation_space.shape), dtype=np.float32)
+    try:
+        q = policy.q_values(probe)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{module_dir}: the network does not take {policy.options.env}'s observations of "
+            f"shape {policy.observation_space.shape} ({type(err).__name__}: {err})"
+        ) from err
+    if q.shape != (1, n_actions):
+        raise CheckpointError(
+            f"{module_dir}: the network gives {q.shape[-1]} Q-values, expected one per action "
+            f"of {policy.options.env} ({n_actions})"
+        )
 
 
 def evaluation_module(algorithm, eval_workers):
