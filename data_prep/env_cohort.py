@@ -38,7 +38,9 @@ def build_env_cohort(hourly: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
     vitals = hourly[[PATIENT, *ENV_VITALS]].copy()
     for name in ENV_VITALS:
         vitals[name] = vitals[name].clip(SPECS[name].lo, SPECS[name].hi)
-    imputer = PatientImputer(columns=ENV_VITALS).fit(vitals[(rows_split == "train").to_numpy()])
+    train_rows = vitals[(rows_split == "train").to_numpy()]
+    _require_measured(train_rows)
+    imputer = PatientImputer(columns=ENV_VITALS).fit(train_rows)
     first_label = (hourly[LABEL] == 1) & (hourly.groupby(PATIENT, sort=False)[LABEL].cumsum() == 1)
     state = imputer.transform(vitals).loc[first_label.to_numpy()]
     start = hourly.loc[first_label.to_numpy()]
@@ -54,6 +56,21 @@ def build_env_cohort(hourly: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
     for name in ENV_VITALS:
         cohort[name] = state[name].to_numpy(dtype=float)
     return cohort[cohort["Age"] >= ADULT_AGE_YEARS].reset_index(drop=True)
+
+
+def _require_measured(train_rows: pd.DataFrame) -> None:
+    """Refuse a cohort in which a vital the environment needs is never measured in training."""
+    never = [name for name in ENV_VITALS if train_rows[name].isna().all()]
+    if never:
+        raise ValueError(
+            f"the environment cohort cannot be built: {never} "
+            f"{'has' if len(never) == 1 else 'have'} no value in any training patient's row. "
+            f"The environment starts every episode from {list(ENV_VITALS)}, and fills a "
+            "patient's missing value with the training patients' median, so each needs at "
+            "least one measurement in training (the classifiers' --missing-threshold does not "
+            "apply here). Add stays that record them (the release's files do), or check that "
+            "the input's columns hold the values under these names"
+        )
 
 
 def builtin_env_cohort(n_patients: int = DEFAULT_BUILTIN_PATIENTS, seed: int = 0) -> pd.DataFrame:

@@ -181,6 +181,13 @@ def _zip_members(path: Path) -> list[_Member]:
     names = sorted(n for n in archive.namelist() if n.lower().endswith(".psv"))
     members = []
     for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts:
+            raise DataFormatError(
+                f"{path}!{name}",
+                "member path leaves the archive ('..' or absolute); an archive of the release "
+                "holds relative paths only: re-create the zip from the folder of .psv files",
+            )
         pid, sset = _patient_and_set(name)
         members.append(_Member(f"{path}!{name}", pid, sset, lambda n=name: archive.read(n)))
     return members
@@ -302,7 +309,13 @@ def _parse_psv_chunk(chunk, contents, skip_bad, skipped):
             return None, []
         table = _arrow_parse(b"".join(body_of[id(m)] for m, _n in good))
     offsets = np.concatenate([[0], np.cumsum([n for _m, n in good])])
-    bad = _check_rows(table, offsets, [m.display for m, _n in good], line_offset=2)
+    bad = _check_rows(
+        table,
+        offsets,
+        [m.display for m, _n in good],
+        line_offset=2,
+        patient_ids=[m.patient_id for m, _n in good],
+    )
     if bad:
         if not skip_bad:
             raise bad[0][1]
@@ -358,17 +371,27 @@ def _locate_psv_error(display: str, body: bytes) -> DataFormatError | None:
 # --- Row checks shared by every input kind -------------------------------------------------------
 
 
-def _check_rows(table: pa.Table, offsets: np.ndarray, names: list[str], line_offset: int):
+def _check_rows(
+    table: pa.Table,
+    offsets: np.ndarray,
+    names: list[str],
+    line_offset: int,
+    patient_ids: list[str] | None = None,
+):
     """Vectorised checks of parsed rows grouped into patients by `offsets`.
 
     Returns [(patient index, DataFormatError)], the first problem of each bad patient, in order.
-    `line_offset` converts a 0-based row index within a patient to the reported line number.
+    `line_offset` converts a 0-based row index within a patient to the reported line number;
+    `patient_ids` (one per patient) name the patient in messages where the file alone may not.
     """
     n_rows = table.num_rows
     owner = np.repeat(np.arange(len(names)), np.diff(offsets))
     first_row = np.zeros(n_rows, dtype=bool)
     first_row[offsets[:-1][np.diff(offsets) > 0]] = True
     problems: dict[int, tuple[int, int, str]] = {}  # patient -> (row, column, message)
+
+    def patient_of(row: int) -> str:
+        return f" for patient {patient_ids[owner[row]]}" if patient_ids else ""
 
     def flag(mask: np.ndarray, column: str, message: Callable[[int], str]) -> None:
         for row in np.flatnonzero(mask):
@@ -402,6 +425,17 @@ def _check_rows(table: pa.Table, offsets: np.ndarray, names: list[str], line_off
         ~np.isin(label, (0.0, 1.0)),
         LABEL,
         lambda r: f"{LABEL} is {label[r]}; expected 0 or 1",
+    )
+    # The release labels a septic stay 1 from onset - 6 h to the end of the stay: one block of
+    # 1s ending at the last row. A 1 -> 0 drop would make a stay "septic" with no onset time.
+    previous_label = np.roll(label, 1)
+    flag(
+        ~first_row & (previous_label == 1.0) & (label == 0.0),
+        LABEL,
+        lambda r: (
+            f"{LABEL} drops from 1 to 0{patient_of(r)}; a septic stay is labelled 1 from "
+            "6 h before onset to the end of the stay, never back to 0"
+        ),
     )
     gender = _numpy(table, "Gender")
     flag(

@@ -149,11 +149,19 @@ def test_builtin_env_cohort_is_deterministic():
     assert (a["MAP"] < 65).any()  # some patients start in shock
 
 
-def test_failed_prepare_leaves_nothing_behind(tmp_path, small_psv_dir):
+def test_failed_prepare_leaves_nothing_behind(tmp_path, small_cohort):
+    """A cohort that fails after reading and splitting (no lactate anywhere, which the
+    environment cohort needs) leaves no output and no staging folder."""
+    from data_prep.synth import write_psv_files
+
+    raw = tmp_path / "raw"
+    hourly = small_cohort.copy()
+    hourly["Lactate"] = np.nan
+    write_psv_files(hourly, raw)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="missing threshold"):
-        prepare(small_psv_dir, out, PrepareOptions(missing_threshold=2.0))
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="Lactate"):
+        prepare(raw, out, PrepareOptions())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
 def test_splits_look_alike_to_a_classifier(prepared_dir):

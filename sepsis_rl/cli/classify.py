@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from sepsis_rl.cli.console import console, err_console, fail
+from sepsis_rl.cli.console import check_out_file, check_out_folder, console, err_console, fail
 
 
 class Oversample(StrEnum):
@@ -70,6 +70,7 @@ def classify_cmd(
     Fits on training patients, picks thresholds and the best model on validation patients, and
     reports every metric with a 95% bootstrap CI on the real test patients.
     """
+    check_out_folder(out)
     from training.classification.experiment import run_classification
     from training.classification.features import DataFolderError, load_features
     from training.classification.leakage import LeakageError
@@ -81,20 +82,23 @@ def classify_cmd(
     except ValueError:
         strategy = sampling_strategy
     modes = ("none", "smote", "ctgan") if oversample is Oversample.all else (oversample.value,)
-    config = ClassifyConfig(
-        oversample=modes,
-        models=tuple(m.strip() for m in models.split(",") if m.strip()),
-        select_metric=select_metric,
-        threshold_rule=threshold_rule,
-        n_boot=bootstrap,
-        fidelity=fidelity,
-        settings=ClassifierSettings(
-            seed=seed,
-            sampling_strategy=strategy,
-            ctgan_epochs=ctgan_epochs,
-            ctgan_batch_size=ctgan_batch_size,
-        ),
-    )
+    try:
+        config = ClassifyConfig(
+            oversample=modes,
+            models=tuple(m.strip() for m in models.split(",") if m.strip()),
+            select_metric=select_metric,
+            threshold_rule=threshold_rule,
+            n_boot=bootstrap,
+            fidelity=fidelity,
+            settings=ClassifierSettings(
+                seed=seed,
+                sampling_strategy=strategy,
+                ctgan_epochs=ctgan_epochs,
+                ctgan_batch_size=ctgan_batch_size,
+            ),
+        )
+    except ValueError as err:  # options that are not valid, each named
+        raise fail(str(err)) from None
     try:
         if config_file is not None:
             from training.classification.options import classify_config_from_file
@@ -182,7 +186,12 @@ def _print_summary(result, out: Path) -> None:
 def score_cmd(
     model: Annotated[Path, typer.Option(help="The `model` folder written by classify.")],
     features: Annotated[
-        Path, typer.Option(help="Patient features (.parquet or .csv) as `data prepare` writes.")
+        Path,
+        typer.Option(
+            "--features",
+            "--input",
+            help="Patient features (.parquet or .csv) as `data prepare` writes.",
+        ),
     ],
     out: Annotated[
         Path | None, typer.Option(help="Write scores to this .csv (default: print them).")
@@ -191,10 +200,18 @@ def score_cmd(
     """Score patients with a saved classifier: probability of sepsis and the decision."""
     import pandas as pd
 
-    from training.classification.model_file import FeatureMismatchError, ModelFileError, load_model
+    from sepsis_rl.common.files import write_text_atomic
+    from training.classification.model_file import (
+        FeatureMismatchError,
+        ModelFileError,
+        check_features,
+        load_model,
+    )
 
     if not features.is_file():
         raise fail(f"{features} does not exist")
+    if out is not None:
+        check_out_file(out)
     try:
         table = (
             pd.read_parquet(features) if features.suffix == ".parquet" else pd.read_csv(features)
@@ -202,14 +219,33 @@ def score_cmd(
     except Exception as err:  # a damaged table can fail in pyarrow or pandas in many ways
         raise fail(f"cannot read {features}: {err}") from None
     try:
+        # The table is checked against the model's feature list before the model is loaded:
+        # bad input is refused before the model's libraries start their thread pools.
+        expected = _feature_names(model)
+        if expected is not None:
+            check_features(table, expected)
         scores = load_model(model).predict_table(table)
     except (ModelFileError, FeatureMismatchError) as err:
         raise fail(str(err)) from None
     if out is None:
         console.print(scores.to_string(index=False))
     else:
-        scores.to_csv(out, index=False)
+        write_text_atomic(out, scores.to_csv(index=False))
         console.print(f"scored {len(scores):,} patients; wrote {out}")
+
+
+def _feature_names(model: Path) -> list[str] | None:
+    """The feature names in the model folder's metadata, or None when it cannot be read (then
+    `load_model` says what is wrong with the folder)."""
+    import json
+
+    from training.classification.model_file import MODEL_META_FILE
+
+    try:
+        names = json.loads((model / MODEL_META_FILE).read_text())["feature_names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(name) for name in names] if isinstance(names, list) else None
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from data_prep.prepare import OUTPUT_FILES, PrepareOptions, prepare
+from sepsis_rl.cli.console import check_out_folder, fail, progress_bar
 from sepsis_rl.cli.console import err_console as console
-from sepsis_rl.cli.console import fail, progress_bar
 
 data_app = typer.Typer(
     help="Read, synthesise, download and prepare PhysioNet 2019 data.", no_args_is_help=True
@@ -33,6 +33,7 @@ def synth_command(
     from data_prep.synth import generate_cohort, write_psv_files
     from sepsis_rl.common.files import staged_directory
 
+    check_out_folder(out)
     existing = [p.name for p in sorted(Path(out).glob("training_set*")) if any(p.iterdir())]
     if existing and not force:
         raise fail(
@@ -80,19 +81,23 @@ def prepare_command(
     from data_prep.cleaning import OUTLIER_MODES
     from data_prep.reader import DataFormatError
 
+    check_out_folder(out)
     if outliers not in OUTLIER_MODES:
         raise fail(f"--outliers {outliers!r}: choose one of {', '.join(OUTLIER_MODES)}")
 
-    options = PrepareOptions(
-        missing_threshold=missing_threshold,
-        iqr_k=iqr_k,
-        outliers=outliers,
-        max_window_hours=max_window_hours,
-        seed=seed,
-        skip_bad=skip_bad,
-        env_ctgan_patients=env_ctgan_patients,
-        env_ctgan_epochs=env_ctgan_epochs,
-    )
+    try:
+        options = PrepareOptions(
+            missing_threshold=missing_threshold,
+            iqr_k=iqr_k,
+            outliers=outliers,
+            max_window_hours=max_window_hours,
+            seed=seed,
+            skip_bad=skip_bad,
+            env_ctgan_patients=env_ctgan_patients,
+            env_ctgan_epochs=env_ctgan_epochs,
+        )
+    except ValueError as err:  # options that are not valid, each named
+        raise fail(str(err)) from None
     try:
         with progress_bar() as bar:
             task = bar.add_task("reading", total=None)
@@ -135,6 +140,7 @@ def download_command(
     """Fetch the public PhysioNet 2019 training files; resumable, skips files already there."""
     from data_prep.download import PHYSIONET_BASE_URL, download, release_files
 
+    check_out_folder(out)
     try:
         files = release_files(tuple(c for c in sets if c not in ", "), limit)
     except ValueError as err:

@@ -14,7 +14,14 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from sepsis_rl.cli.console import console, fail, parse_sets
+from sepsis_rl.cli.console import (
+    EXIT_INTERRUPTED,
+    check_out_folder,
+    console,
+    err_console,
+    fail,
+    parse_sets,
+)
 from sepsis_rl.common.intervals import format_interval
 from training.rl.evaluate import COMPARED_METRICS, TEST_EPISODES, TEST_SEED
 
@@ -47,8 +54,9 @@ def train_cmd(
     """Train the dueling double DQN with prioritized replay on Ray RLlib."""
     from training.rl.options import load_options
     from training.rl.run_dir import load_run_options
-    from training.rl.train import train
+    from training.rl.train import TrainingInterrupted, train
 
+    check_out_folder(out)
     overrides: dict[str, Any] = parse_sets(set_)
     given = {
         "env": env,
@@ -102,8 +110,23 @@ def train_cmd(
         result = train(
             options, out, resume=resume, on_iteration=show, sync_uri=sync_to, ray_address=address
         )
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
-        raise fail(str(err)) from err
+    except TrainingInterrupted as stopped:
+        result = stopped.result
+        err_console.print(
+            f"[yellow]{result.stop_reason}[/] after {result.iterations} iterations; saved "
+            f"{result.last_checkpoint}. Continue with the same command plus --resume.",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            f"[yellow]interrupted[/]: {out} keeps its last saved checkpoint, if any "
+            "(continue with --resume)",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError, ConnectionError) as err:
+        raise fail(str(err)) from None
     console.print(
         f"stopped: {result.stop_reason} after {result.iterations} iterations, "
         f"{result.env_steps} env steps, {result.episodes} episodes, {result.elapsed_s:.0f} s; "
@@ -132,7 +155,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 def evaluate_cmd(
     checkpoint: Annotated[Path, typer.Option(help="checkpoints/last or checkpoints/best.")],
     episodes: Annotated[
-        int, typer.Option(help="Test episodes per policy (paired).")
+        int, typer.Option(min=1, help="Test episodes per policy (paired).")
     ] = TEST_EPISODES,
     seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.")] = TEST_SEED,
     out: Annotated[
@@ -153,6 +176,8 @@ def evaluate_cmd(
     from sepsis_env.ids import is_icu_sepsis
     from training.rl.icu_sepsis import trained_on_icu_sepsis
 
+    if out is not None:
+        check_out_folder(out)
     if is_icu_sepsis(env) or trained_on_icu_sepsis(checkpoint):
         return evaluate_icu_sepsis(checkpoint, export_policy, out)
     from training.rl.evaluate import beats, evaluate_checkpoint
@@ -160,11 +185,12 @@ def evaluate_cmd(
     from training.rl.policy import HAND_RULE, LEARNED, REFERENCE
 
     out = out or checkpoint.resolve().parent.parent / "eval"
+    check_out_folder(out)
     try:
         result = evaluate_checkpoint(checkpoint, episodes=episodes, seed=seed)
-        written = write(result, out)
-    except (FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from err
+        written = write(result, out)  # all files or none (staged)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        raise fail(str(err)) from None
     report = result["report"]
     console.print(
         _ci_table(f"{episodes} test episodes per policy (paired), 95% CI", report["policies"])
@@ -204,18 +230,12 @@ def recommend_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Recommended action and the Q-value of every action for one patient state."""
-    from training.rl.recommend import PatientError, recommend
+    from training.rl.recommend import PatientError, read_patient_file, recommend
 
     try:
-        text = patient.read_text()
-    except OSError as err:
-        raise fail(f"cannot read {patient}: {err.strerror}") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise fail(
-            f"{patient}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        ) from err
+        data = read_patient_file(patient)
+    except PatientError as err:
+        raise fail(str(err)) from None
     try:
         result = recommend(checkpoint, data, source=str(patient))
     except (PatientError, FileNotFoundError, ValueError) as err:
@@ -239,6 +259,7 @@ def evaluate_icu_sepsis(
     """Print the exact value of the checkpoint's greedy policy beside the references; write the
     report (JSON), the learning curve (PNG) and, if asked, the greedy action per state (.npy)."""
     from sepsis_env.icu_sepsis import ICUSepsisNotInstalledError
+    from sepsis_rl.common.files import staged_directory
     from training.rl.icu_sepsis import (
         evaluate_checkpoint,
         exact_evaluator,
@@ -246,22 +267,26 @@ def evaluate_icu_sepsis(
         plot_exact_learning_curve,
     )
 
+    run_dir = checkpoint.resolve().parent.parent
+    out = out or run_dir / "eval"
+    check_out_folder(out)
     try:
         actions, report = evaluate_checkpoint(checkpoint)
     except (ICUSepsisNotInstalledError, FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from err
     console.print(format_report(report))
 
-    run_dir = checkpoint.resolve().parent.parent
-    out = out or run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "icu_sepsis_exact.json"]
-    written[0].write_text(json.dumps({"checkpoint": str(checkpoint), **report.to_dict()}, indent=2))
     metrics_csv = run_dir / "metrics.csv"
-    if metrics_csv.exists():
-        reference = exact_evaluator(report.strategy).baselines_
-        figure = out / "icu_sepsis_learning_curve.png"
-        written.append(plot_exact_learning_curve(metrics_csv, figure, reference))
+    names = ["icu_sepsis_exact.json"] + (
+        ["icu_sepsis_learning_curve.png"] if metrics_csv.exists() else []
+    )
+    with staged_directory(out) as stage:  # both files or neither
+        payload = {"checkpoint": str(checkpoint), **report.to_dict()}
+        (stage / names[0]).write_text(json.dumps(payload, indent=2))
+        if metrics_csv.exists():
+            reference = exact_evaluator(report.strategy).baselines_
+            plot_exact_learning_curve(metrics_csv, stage / names[1], reference)
+    written = [out / name for name in names]
     if export_policy is not None:
         export_policy.parent.mkdir(parents=True, exist_ok=True)
         np.save(export_policy, actions)

@@ -12,28 +12,45 @@ from pathlib import Path
 from typing import Any
 
 
+def check_output_folder(out: Path) -> None:
+    """Raise `NotADirectoryError` if `out`, or the nearest existing folder above it, exists and
+    is not a folder: an output folder must be new or an existing folder. Cheap; call it before
+    any long work, so a bad output path is refused before the work rather than after it."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            where = "exists" if path == out else f"cannot be created: {path} exists"
+            raise NotADirectoryError(
+                f"{out} {where} and is not a folder; give a new folder or an existing one"
+            )
+
+
 @contextmanager
 def staged_directory(out: Path) -> Iterator[Path]:
     """Yield a staging folder next to `out`; on success move its entries into `out`.
 
-    On any exception (KeyboardInterrupt included) the staging folder is removed and `out` is left
-    as it was. Entries are moved with `os.replace`, so each lands whole.
+    `out` must be a folder or not exist (`check_output_folder`); this is checked before the
+    caller's work starts. On any exception (KeyboardInterrupt included), in the caller's work or
+    in the final move, the staging folder is removed and no `.partial` folder is left behind.
+    Entries are moved with `os.replace`, so each lands whole.
     """
     out = Path(out)
+    check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield stage
-    except BaseException:
+        check_output_folder(out)  # it may have appeared while the work ran
+        out.mkdir(exist_ok=True)
+        for entry in sorted(stage.iterdir()):
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
-        raise
-    out.mkdir(exist_ok=True)
-    for entry in sorted(stage.iterdir()):
-        target = out / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    stage.rmdir()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -182,19 +182,24 @@ def difference_rows(report: dict) -> list[dict]:
 
 
 def write_evaluation(result: dict, out_dir: str | Path) -> list[Path]:
-    """`evaluation.json`, `evaluation.csv` and the PNG figures; returns the paths written."""
+    """`evaluation.json`, `evaluation.csv`, `differences_to_hand_rule.csv` and the PNG figures;
+    returns the paths written. All or nothing: the files are written to a staging folder and
+    moved into `out_dir` only when every one is complete, so a failure (or Ctrl-C) leaves
+    `out_dir` as it was."""
     import pandas as pd
 
+    from sepsis_rl.common.files import staged_directory
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [
-        out / "evaluation.json",
-        out / "evaluation.csv",
-        out / "differences_to_hand_rule.csv",
-    ]
-    written[0].write_text(json.dumps(result["report"], indent=2, default=float))
-    pd.DataFrame(comparison_table(result["report"])).to_csv(written[1], index=False)
-    pd.DataFrame(difference_rows(result["report"])).to_csv(written[2], index=False)
     run_dir = Path(result["report"]["checkpoint"]).resolve().parent.parent
-    written += write_figures(result, run_dir, out)
-    return written
+    with staged_directory(out) as stage:
+        staged = [
+            stage / "evaluation.json",
+            stage / "evaluation.csv",
+            stage / "differences_to_hand_rule.csv",
+        ]
+        staged[0].write_text(json.dumps(result["report"], indent=2, default=float))
+        pd.DataFrame(comparison_table(result["report"])).to_csv(staged[1], index=False)
+        pd.DataFrame(difference_rows(result["report"])).to_csv(staged[2], index=False)
+        staged += write_figures(result, run_dir, stage)
+    return [out / path.relative_to(stage) for path in staged]

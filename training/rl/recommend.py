@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,97 @@ FLAGS = ("oxygen", "ventilation", "vasopressors")
 
 class PatientError(ValueError):
     """A patient file that cannot be turned into an observation; the message says why."""
+
+
+UTF8_BOM = "\ufeff"
+"""The byte-order mark some editors (Notepad, Excel) put at the start of a UTF-8 file."""
+
+
+def read_patient_file(path: str | Path) -> dict:
+    """A patient file's JSON object: `{"HR": 112, "O2Sat": 90, ...}`.
+
+    Accepts a UTF-8 byte-order mark. Raises `PatientError`, naming the file and the line, for a
+    file that cannot be read, is not UTF-8 or not JSON, is not one JSON object, repeats a key,
+    or uses NaN/Infinity (not JSON, though Python's reader takes them). Values are checked by
+    `patient_observation`.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PatientError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        text = raw.decode("utf-8").removeprefix(UTF8_BOM)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PatientError(f"{path}, line {line}: not UTF-8 text; save the file as UTF-8") from None
+    try:
+        data = json.loads(
+            text,
+            object_pairs_hook=lambda pairs: _object_without_repeats(pairs, text),
+            parse_constant=_refuse_constant,
+        )
+    except _RepeatedKeyError as err:
+        raise PatientError(
+            f"{path}, line {err.line}: key {err.key!r} appears more than once; give each value once"
+        ) from None
+    except _NonFiniteLiteralError as err:
+        raise PatientError(
+            f"{path}: {err.literal} is not a number JSON allows; give a measured value"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise PatientError(
+            f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise PatientError(
+            f'{path}: expected one JSON object of vitals such as {{"HR": 112, ...}}, '
+            f"got a JSON {_json_kind(data)}"
+        )
+    nested = [key for key, value in data.items() if isinstance(value, dict | list)]
+    if nested:
+        raise PatientError(
+            f"{path}: {nested} hold nested objects or lists; each field is one number"
+        )
+    return data
+
+
+class _RepeatedKeyError(ValueError):
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _NonFiniteLiteralError(ValueError):
+    def __init__(self, literal: str) -> None:
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]], text: str) -> dict:
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen:
+            raise _RepeatedKeyError(key, _line_of_second(text, key))
+        seen.add(key)
+    return dict(pairs)
+
+
+def _line_of_second(text: str, key: str) -> int:
+    """The line of the second `"key":` in `text` (the repeat), 1-based; 0 if not found."""
+    import re
+
+    found = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+    return text.count("\n", 0, found[1]) + 1 if len(found) > 1 else 0
+
+
+def _refuse_constant(literal: str) -> float:
+    raise _NonFiniteLiteralError(literal)
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "array", str: "string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "number")
 
 
 def patient_observation(patient: dict, source: str = "patient") -> np.ndarray:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,52 @@ class TrainResult:
     last_checkpoint: str
     best_checkpoint: str | None
     replay_buffer_timesteps: int
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run after an iteration; `checkpoints/last` and `summary.json`
+    were written first, so `--resume` continues from there. `result` says where it stopped.
+
+    A KeyboardInterrupt, so that callers which stop on Ctrl-C (the study) stop on it too."""
+
+    def __init__(self, result: TrainResult) -> None:
+        super().__init__(result.stop_reason)
+        self.result = result
+
+
+INTERRUPTED = "interrupted"
+"""How `TrainResult.stop_reason` starts when a signal stopped the run."""
+
+
+class StopRequest:
+    """The signal (SIGINT, SIGTERM) that asked the run to stop, if any."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """While training, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current
+    iteration (then it saves `last`) instead of interrupting RLlib mid-update; a second Ctrl-C
+    stops at once. Signal handlers can only be set in the main thread; elsewhere (a Tune trial,
+    a thread) the request is never set and the caller's own handling applies."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if request.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now, keeping the last saved checkpoint
+        request.signal = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def budget_reached(options: RLOptions, metrics: IterationMetrics, elapsed_s: float) -> str | None:
@@ -113,6 +162,10 @@ def train(
     With `resume=True` the run continues from `out_dir/checkpoints/last` with its replay buffer.
     `sync_uri` (s3://, gs://, file://) receives a copy of the run folder with every `last`
     checkpoint and at the end.
+
+    However the run stops (a budget, Ctrl-C, SIGTERM) after at least one iteration, it writes
+    `checkpoints/last` and `summary.json`; stopped by a signal it then raises
+    `TrainingInterrupted`.
     """
     run = RunDir(out_dir)
     prepare_run_dir(run, options, resume)
@@ -123,9 +176,10 @@ def train(
     start = time.monotonic()
     try:
         best = restore_run(algo, run) if resume else Best(-math.inf, existing_best(run))
-        metrics, stop_reason = train_until_budget(
-            algo, options, run, writer, best, start, on_iteration, sync_uri
-        )
+        with stop_on_signals() as stop:
+            metrics, stop_reason = train_until_budget(
+                algo, options, run, writer, best, start, on_iteration, sync_uri, stop
+            )
         save_checkpoint(algo, run.last, options, True)
         outcome = TrainResult(
             out_dir=str(run.root),
@@ -142,6 +196,8 @@ def train(
         write_json_atomic(run.summary, asdict(outcome))
         if sync_uri:
             copy_to_storage(run.root.resolve(), sync_uri)
+        if stop_reason.startswith(INTERRUPTED):
+            raise TrainingInterrupted(outcome)
         return outcome
     finally:
         writer.close()
@@ -192,9 +248,10 @@ def train_until_budget(
     start: float,
     on_iteration: Callable[[IterationMetrics], None] | None,
     sync_uri: str | None,
+    stop: StopRequest | None = None,
 ) -> tuple[IterationMetrics, str]:
-    """Train iteration by iteration, keeping `best` and `last`, until a budget is used up.
-    Returns the last iteration's metrics and the budget that stopped the run."""
+    """Train iteration by iteration, keeping `best` and `last`, until a budget is used up or
+    `stop` is requested. Returns the last iteration's metrics and what stopped the run."""
     last_eval = float("nan")
     while True:
         result = algo.train()
@@ -208,6 +265,8 @@ def train_until_budget(
         if on_iteration is not None:
             on_iteration(metrics)
         reason = budget_reached(options, metrics, time.monotonic() - start)
+        if stop is not None and stop.signal is not None:
+            reason = f"{INTERRUPTED} ({stop.signal})"
         if reason is not None:
             return metrics, reason
         if metrics.iteration % max(1, options.checkpoint_every) == 0:
