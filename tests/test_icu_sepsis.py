@@ -248,7 +248,7 @@ def test_cli_training_in_env_runners_yields_a_policy_with_an_exact_value(
     assert metrics["episode_return_mean"].between(0, 1).all()
     # Every iteration's evaluation is the exact value of the greedy policy at that point...
     assert metrics["eval_return_mean"].between(0, evaluator.baselines_.optimal).all()
-    assert np.isfinite(metrics["qf_loss"].iloc[-1])  # the learner did update the network
+    assert np.isfinite(metrics["loss"].iloc[-1])  # the learner did update the network
     # ...and the last one is the exact value of the policy saved in checkpoints/last.
     actions, report = evaluate_checkpoint(out / "checkpoints" / "last")
     assert actions.shape == (NUM_STATES,) and actions.dtype == np.int64

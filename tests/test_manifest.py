@@ -416,8 +416,8 @@ def test_a_checkpoint_of_another_algorithm_is_refused(checkpoint: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(checkpoint)])
     assert result.exit_code == 2, result.output
     assert "doesnotmatchitsMANIFEST.json" in _said(result)
-    trust_checkpoint(checkpoint)  # even vouched for, it is not a DQN module
-    with pytest.raises(CheckpointError, match="not a DQN module with Q-values"):
+    trust_checkpoint(checkpoint)  # even vouched for, it is not the module options.yaml names
+    with pytest.raises(CheckpointError, match="a DefaultPPOTorchRLModule, not the dqn module"):
         load_policy(checkpoint)
 
 

@@ -90,7 +90,7 @@ def test_an_unknown_rl_option_is_named_with_the_valid_ones(tmp_path: Path) -> No
     (tmp_path / "c.yaml").write_text("episods: 3\n")
     message = refusal(lambda: load_options(tmp_path / "c.yaml"))
     assert f"{tmp_path / 'c.yaml'}: unknown option(s) ['episods']" in message
-    assert "valid: env, env_kwargs" in message and "episodes" in message
+    assert "valid: algo, env, env_kwargs" in message and "episodes" in message
 
 
 def test_several_bad_options_are_listed_together() -> None:
@@ -133,7 +133,7 @@ def test_rl_options_stay_standard_dataclasses_for_ray_and_tune() -> None:
     assert pickle.loads(pickle.dumps(options)) == options
     assert cloudpickle.loads(cloudpickle.dumps(options)) == options
     assert dataclasses.replace(options, seed=4).seed == 4
-    assert [f.name for f in dataclasses.fields(RLOptions)][:2] == ["env", "env_kwargs"]
+    assert [f.name for f in dataclasses.fields(RLOptions)][:3] == ["algo", "env", "env_kwargs"]
     # A Tune param space holds the options as plain data; a trial builds them back.
     assert options_from_dict(options.to_dict()) == options
     error = refusal(lambda: RLOptions(episodes=0))

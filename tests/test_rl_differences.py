@@ -46,7 +46,7 @@ def test_a_swap_changes_only_its_treatment() -> None:
         assert np.array_equal(flags, expected), TREATMENTS[t]
 
 
-def test_disagreement_counts_each_direction_and_the_q_gap() -> None:
+def test_disagreement_counts_each_direction_and_the_score_gap() -> None:
     """Four states of a 30-year-old: the rule gives vasopressors where the learned policy does not
     in one, the reverse in another, and they agree in two."""
     from sepsis_env.env import OBS_INDEX, OBS_NAMES
@@ -64,9 +64,9 @@ def test_disagreement_counts_each_direction_and_the_q_gap() -> None:
     assert overall["vasopressors"]["states"] == 4
     assert overall["vasopressors"]["rule_gives_learned_not"][0] == pytest.approx(0.25)
     assert overall["vasopressors"]["learned_gives_rule_not"][0] == pytest.approx(0.25)
-    assert overall["vasopressors"]["q_gap_mean"][0] == pytest.approx(0.75)
+    assert overall["vasopressors"]["score_gap_mean"][0] == pytest.approx(0.75)
     assert overall["oxygen"]["rule_gives_learned_not"][0] == 0.0
-    assert np.isnan(overall["oxygen"]["q_gap_mean"][0])
+    assert np.isnan(overall["oxygen"]["score_gap_mean"][0])
     assert {r["states"] for r in rows if r["group"] == "41-65"} == {0}
 
 

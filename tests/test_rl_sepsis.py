@@ -103,7 +103,7 @@ def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "evaluation.json").read_text())
     assert set(report["policies"]) == {
-        "dqn",
+        "learned",
         "random",
         "no_treatment",
         "all_treatments",
@@ -129,9 +129,9 @@ def test_evaluate_writes_paired_comparison_and_figures(checkpoint: Path, tmp_pat
                                             "rule's vasopressors"}  # fmt: skip
     assert "rule's vasopressors" in done.stdout
     assert (out / "differences_to_hand_rule.csv").stat().st_size > 0
-    assert "dqn beats the protocol (CI above zero): return: " in done.stdout
-    assert "dqn beats the age-adaptive protocol (CI above zero): return: " in done.stdout
-    assert "dqn minus each baseline" in done.stdout
+    assert "learned beats the protocol (CI above zero): return: " in done.stdout
+    assert "learned beats the age-adaptive protocol (CI above zero): return: " in done.stdout
+    assert "learned minus each baseline" in done.stdout
 
 
 def test_evaluation_compares_the_learned_policy_with_the_age_adaptive_protocol(

@@ -140,7 +140,7 @@ def test_cli_training_beats_random_then_resumes_with_its_replay_buffer(
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics["iteration"]) == list(range(1, len(metrics) + 1))
     resumed = metrics[metrics["env_steps"] > summary["env_steps"]]
-    assert len(resumed) >= 1 and np.isfinite(resumed["qf_loss"].iloc[0])
+    assert len(resumed) >= 1 and np.isfinite(resumed["loss"].iloc[0])
     after = json.loads((out / "summary.json").read_text())
     new_steps = after["env_steps"] - summary["env_steps"]
     assert after["replay_buffer_timesteps"] == buffered + new_steps

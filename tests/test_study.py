@@ -127,7 +127,7 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
     assert re.search(r"ray 2\.60\.\d+", settings) and "| `evaluation/` |" in settings
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert evaluation["episodes"] == 2000
-    assert set(evaluation["policies"]) == {"dqn", "random", "no_treatment", "all_treatments",
+    assert set(evaluation["policies"]) == {"learned", "random", "no_treatment", "all_treatments",
                                            "protocol", "age_adaptive"}  # fmt: skip
     assert set(evaluation["learned_minus_baseline"]["age_adaptive"]) == {
         "overall", "18-40", "41-65", "66+"}  # fmt: skip

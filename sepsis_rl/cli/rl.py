@@ -1,4 +1,5 @@
-"""`sepsis-rl train | evaluate | recommend`: the command-line layer of the DQN agent.
+"""`sepsis-rl train | evaluate | recommend`: the command-line layer of the RL agents (DQN, PPO,
+APPO, IMPALA).
 
 Only this module prints and chooses exit codes; the work is done in `training.rl`.
 """
@@ -25,8 +26,18 @@ from sepsis_rl.cli.console import (
 from sepsis_rl.common.intervals import format_interval
 from training.rl.evaluate import COMPARED_METRICS, TEST_EPISODES, TEST_SEED
 
+AlgoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--algo",
+        help="dqn | ppo | appo | impala. train: the algorithm (default: the config's, else dqn); "
+        "evaluate, recommend: refuse a checkpoint of another algorithm.",
+    ),
+]
+
 
 def train_cmd(
+    algo: AlgoOpt = None,
     env: Annotated[str | None, typer.Option(help="Gymnasium id, also module:EnvId-v0.")] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON file with RLOptions fields.")
@@ -51,7 +62,8 @@ def train_cmd(
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
     ] = None,
 ) -> None:
-    """Train the dueling double DQN with prioritized replay on Ray RLlib."""
+    """Train a treatment policy on Ray RLlib: Dueling Double DQN with prioritized replay (the
+    default), PPO, APPO or IMPALA."""
     from training.rl.options import load_options
     from training.rl.run_dir import load_run_options
     from training.rl.train import TrainingInterrupted, train
@@ -59,6 +71,7 @@ def train_cmd(
     check_out_folder(out)
     overrides: dict[str, Any] = parse_sets(set_)
     given = {
+        "algo": None if resume else algo,
         "env": env,
         "num_env_runners": num_env_runners,
         "seed": seed,
@@ -73,6 +86,11 @@ def train_cmd(
             overrides.setdefault(key, None)
     try:
         options = load_run_options(out, overrides) if resume else load_options(config, overrides)
+        if resume and algo is not None and algo != options.algo:
+            raise ValueError(
+                f"{out} is a {options.algo} run; it cannot be resumed with --algo {algo} "
+                "(leave --algo out, or train a new run in another --out)"
+            )
         # `load_options` skips None overrides; an explicit budget clears the other budgets.
         for key in ("episodes", "env_steps", "time_budget_s"):
             if key in overrides and overrides[key] is None:
@@ -81,7 +99,7 @@ def train_cmd(
         raise fail(str(err)) from err
 
     console.print(
-        f"training DQN on [bold]{options.env}[/bold] -> {out} "
+        f"training {options.algo.upper()} on [bold]{options.env}[/bold] -> {out} "
         f"(budget: episodes={options.episodes}, env_steps={options.env_steps}, "
         f"time={options.time_budget_s}s; env runners={options.num_env_runners})"
     )
@@ -102,7 +120,7 @@ def train_cmd(
             f"{m.iteration:>5} {m.env_steps:>10} {m.episodes:>9} {_fmt(m.steps_per_s, 0):>8} "
             f"{_fmt(m.episode_return_mean):>9} {_fmt(m.eval_return_mean):>9} "
             f"{_fmt(m.eval_return_minus_protocol):>8} {_fmt(m.eval_survival_minus_protocol, 3):>8} "
-            f"{_fmt(m.qf_loss, 3):>8} {m.epsilon:>5.2f} {m.healthy_env_runners:>7}",
+            f"{_fmt(m.loss, 3):>8} {m.epsilon:>5.2f} {m.healthy_env_runners:>7}",
             soft_wrap=True,  # one row per line also when the output is not a terminal
         )
 
@@ -167,6 +185,7 @@ def evaluate_cmd(
     export_policy: Annotated[
         Path | None, typer.Option(help="ICU-Sepsis: write the greedy action per state (.npy).")
     ] = None,
+    algo: AlgoOpt = None,
 ) -> None:
     """Greedy policy vs random, no-treatment, all-treatments, the clinician protocol and the
     age-adaptive protocol (the best hand rule) on test patients.
@@ -175,9 +194,15 @@ def evaluate_cmd(
     computed exactly instead, beside the random, clinician and optimal values."""
     from sepsis_env.ids import is_icu_sepsis
     from training.rl.icu_sepsis import trained_on_icu_sepsis
+    from training.rl.policy import check_algorithm
 
     if out is not None:
         check_out_folder(out)
+    if algo is not None:
+        try:
+            check_algorithm(checkpoint, algo)
+        except (FileNotFoundError, ValueError) as err:
+            raise fail(str(err)) from None
     if is_icu_sepsis(env) or trained_on_icu_sepsis(checkpoint):
         return evaluate_icu_sepsis(checkpoint, export_policy, out)
     from training.rl.evaluate import beats, evaluate_checkpoint
@@ -228,8 +253,10 @@ def recommend_cmd(
     checkpoint: Annotated[Path, typer.Option(help="checkpoints/last or checkpoints/best.")],
     patient: Annotated[Path, typer.Option(help="JSON file: HR, O2Sat, SBP, DBP, MAP, ...")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    algo: AlgoOpt = None,
 ) -> None:
-    """Recommended action and the Q-value of every action for one patient state."""
+    """Recommended action for one patient state, with every action's Q-value (DQN) or
+    probability (PPO, APPO, IMPALA)."""
     from training.rl.recommend import PatientError, read_patient_file, recommend
 
     try:
@@ -237,19 +264,24 @@ def recommend_cmd(
     except PatientError as err:
         raise fail(str(err)) from None
     try:
-        result = recommend(checkpoint, data, source=str(patient))
+        result = recommend(checkpoint, data, source=str(patient), algo=algo)
     except (PatientError, FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from err
     if as_json:
         console.print_json(json.dumps(result))
         return
     console.print(f"recommended: [bold]{result['action']} {result['action_name']}[/bold]")
-    table = Table(title="Q-value of every action (expected return)")
+    kind = "q_values" if "q_values" in result else "probabilities"
+    title = {
+        "q_values": "Q-value of every action (expected return)",
+        "probabilities": f"Probability of every action under the {result['algo']} policy",
+    }[kind]
+    table = Table(title=title)
     table.add_column("action")
-    table.add_column("Q", justify="right")
-    best = max(result["q_values"].values())
-    for name, q in result["q_values"].items():
-        table.add_row(name, f"{q:.3f}", style="bold green" if q == best else None)
+    table.add_column("Q" if kind == "q_values" else "probability", justify="right")
+    best = max(result[kind].values())
+    for name, value in result[kind].items():
+        table.add_row(name, f"{value:.3f}", style="bold green" if value == best else None)
     console.print(table)
 
 

@@ -55,16 +55,20 @@ TRIAL_CPUS_PER_ENV_RUNNER = 0.5
 
 def search_base_options(config: Path | None, overrides: dict[str, Any]) -> Any:
     """The RLOptions every `tune rl` trial starts from: `train`'s options from `config` with
-    `overrides`, and half a CPU per env runner unless either sets it (sampling is light, the
-    learner runs in the trial's driver: a trial asks for 1 CPU, so 2 run at once on 2 cores)."""
+    `overrides` (a nested option by its dotted path, `ppo.train_batch_size`), and half a CPU per
+    env runner unless either sets it (sampling is light, the learner runs in the trial's driver:
+    a trial asks for 1 CPU, so 2 run at once on 2 cores)."""
     from training.rl.options import load_options
+    from tuning.rl_search import with_values
 
-    overrides = dict(overrides)
-    if "num_cpus_per_env_runner" not in overrides and not _config_sets(
+    flat = {k: v for k, v in overrides.items() if "." not in k}
+    dotted = {k: v for k, v in overrides.items() if "." in k}
+    if "num_cpus_per_env_runner" not in flat and not _config_sets(
         config, "num_cpus_per_env_runner"
     ):
-        overrides["num_cpus_per_env_runner"] = TRIAL_CPUS_PER_ENV_RUNNER
-    return load_options(config, overrides)
+        flat["num_cpus_per_env_runner"] = TRIAL_CPUS_PER_ENV_RUNNER
+    options = load_options(config, flat)
+    return with_values(options, dotted) if dotted else options
 
 
 def _config_sets(config: Path | None, key: str) -> bool:
@@ -271,10 +275,28 @@ def tune_rl_cmd(
     config: Annotated[
         Path | None, typer.Option(help="Base options (the YAML/JSON file `train` reads).")
     ] = None,
+    algo: Annotated[
+        str | None,
+        typer.Option(
+            help="dqn | ppo | appo | impala: the algorithm whose hyper-parameters are searched "
+            "(default: the --config file's algo, else dqn)."
+        ),
+    ] = None,
     env: Annotated[str | None, typer.Option(help="Gymnasium id (overrides --config).")] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a base option: --set env_steps=... (repeatable)."),
+        typer.Option(
+            "--set",
+            help="Override a base option: --set env_steps=..., --set ppo.train_batch_size=256 "
+            "(repeatable).",
+        ),
+    ] = None,
+    hold: Annotated[
+        str | None,
+        typer.Option(
+            help="Searched options to keep at the base's value, comma-separated "
+            "(e.g. ppo.train_batch_size,ppo.num_epochs)."
+        ),
     ] = None,
     num_samples: Annotated[int, typer.Option(help="Configurations to try.")] = 6,
     iterations_per_trial: Annotated[int, typer.Option(help="RLlib iterations per trial.")] = 6,
@@ -319,7 +341,8 @@ def tune_rl_cmd(
     resume: ResumeOpt = False,
     address: AddressOpt = None,
 ) -> None:
-    """Search DQN hyper-parameters, scored by the greedy policy's evaluation return."""
+    """Search the hyper-parameters of DQN, PPO, APPO or IMPALA (--algo), scored by the greedy
+    policy's evaluation return."""
     from sepsis_rl.common.config_files import replace_fields
     from tuning.rl_search import RLSearch, run_rl_search
     from tuning.runner import experiment_path, is_uri
@@ -327,6 +350,7 @@ def tune_rl_cmd(
     _check_storage(storage)
     overrides = parse_sets(set_)
     given = {
+        "algo": algo,
         "env": env,
         "num_env_runners": env_runners,
         "num_cpus_per_env_runner": cpus_per_env_runner,
@@ -341,6 +365,7 @@ def tune_rl_cmd(
         )
         search = RLSearch(
             base=base,
+            hold=tuple(h.strip() for h in (hold or "").split(",") if h.strip()),
             num_samples=num_samples,
             iterations_per_trial=iterations_per_trial,
             time_budget_s=_budget(time_budget),

@@ -7,7 +7,8 @@ observation):
 * **disagreement**: in the states the learned policy met, how often the rule would give a
   treatment the learned policy withholds ("rule gives, learned not") or the reverse, per treatment
   (oxygen, ventilation, vasopressors), overall and per age group, with the learned network's own
-  Q-value gap between its action and the rule's (how much it thinks the difference is worth);
+  score gap between its action and the rule's (Q-values for DQN, logits for the policy-gradient
+  algorithms: how much it prefers its own choice);
 * **swaps**: the learned policy with one treatment decision taken from the rule instead, evaluated
   on the same paired episodes: the paired change in return and survival says which disagreement
   costs or earns outcomes, where the disagreement table only says how often they differ.
@@ -67,15 +68,16 @@ def _groups(ages: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def disagreement(
-    observations: np.ndarray, learned: np.ndarray, rule: np.ndarray, q_values: np.ndarray
+    observations: np.ndarray, learned: np.ndarray, rule: np.ndarray, scores: np.ndarray
 ) -> list[dict[str, Any]]:
     """One row per (age group, treatment): the states, the share where the rule gives the
     treatment and the learned policy does not (and the reverse), each with a 95% interval, and the
-    mean Q-value gap Q(s, learned action) - Q(s, rule's action) over the states where they
+    mean score gap score(s, learned action) - score(s, rule's action) (Q-values or logits) over
+    the states where they
     differ on that treatment (>= 0: the learned action is the argmax), with its 95% interval."""
     learned_flags, rule_flags = TREATMENT_FLAGS[learned], TREATMENT_FLAGS[rule]
     rows = np.arange(len(learned))
-    gap = q_values[rows, learned] - q_values[rows, rule]
+    gap = scores[rows, learned] - scores[rows, rule]
     out = []
     for group, mask in _groups(observations[:, OBS_INDEX["Age"]]).items():
         for t, treatment in enumerate(TREATMENTS):
@@ -89,7 +91,7 @@ def disagreement(
                     "states": int(mask.sum()),
                     "rule_gives_learned_not": proportion_interval(rule_only),
                     "learned_gives_rule_not": proportion_interval(learned_only),
-                    "q_gap_mean": mean_interval(gap[mask][differ])
+                    "score_gap_mean": mean_interval(gap[mask][differ])
                     if differ.any()
                     else (float("nan"),) * 3,
                 }
@@ -161,7 +163,7 @@ def differences_to_rule(
     `swap_table`), plus the per-state arrays the figure draws under `"states"` (not JSON)."""
     obs, learned = steps["obs"], steps["actions"]
     rule_on_states = rule_actions(rule, obs)
-    q = policy.q_values(obs) if len(obs) else np.zeros((0, len(TREATMENT_FLAGS)))
+    q = policy.scores(obs) if len(obs) else np.zeros((0, len(TREATMENT_FLAGS)))
     return {
         "disagreement": disagreement(obs, learned, rule_on_states, q),
         "swaps": swap_table(swap_evaluations(policy, rule, env_id, env_kwargs, episodes, seed)),

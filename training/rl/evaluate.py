@@ -51,6 +51,7 @@ def evaluate_checkpoint(
     seed: int = TEST_SEED,
     split: str = "test",
     cohort: str | Path | None = None,
+    algo: str | None = None,
 ) -> dict:
     """Paired evaluation of the greedy policy and the baselines on `split` patients.
 
@@ -66,7 +67,7 @@ def evaluate_checkpoint(
     from sepsis_env.env import AGE_GROUPS
     from sepsis_env.policies import BASELINES, evaluate, paired_difference
 
-    policy = load_policy(checkpoint)
+    policy = load_policy(checkpoint, algo)
     env_id, kwargs = policy.options.env, evaluation_env_kwargs(policy.options, split)
     if cohort is not None:
         kwargs["cohort"] = str(cohort)

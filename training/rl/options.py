@@ -1,13 +1,19 @@
-"""Every option of a DQN run (`RLOptions`), read from a config file or the command line.
+"""Every option of an RL run (`RLOptions`), read from a config file or the command line.
 
-A config file (YAML or JSON) holds any subset of the `RLOptions` fields, the command line overrides
-it, and the effective options are written next to the run as `config.yaml` and into every
-checkpoint. `training.rl.dqn.build_dqn_config` turns them into RLlib's config.
+`RLOptions` holds what every algorithm shares (environment, network, env runners, learners,
+evaluation, budgets) and DQN's own options at the top level (DQN is the default algorithm, and
+older configs and checkpoints keep working); the policy-gradient algorithms' own options are
+nested dataclasses, `ppo:`, `appo:` and `impala:` (`PPOOptions`, `APPOOptions`,
+`IMPALAOptions`). A config file (YAML or JSON) holds any subset of the fields, the command line
+overrides it, and the effective options are written next to the run as `config.yaml` and into
+every checkpoint (so a checkpoint says which algorithm made it). `training.rl.algorithms` turns
+them into RLlib's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,9 +53,124 @@ Activation = Literal["relu", "tanh", "elu", "swish", "silu", "linear"]
 """The activations RLlib's torch models know by name."""
 
 
+ALGORITHMS = ("dqn", "ppo", "appo", "impala")
+"""The algorithms `sepsis-rl train --algo` offers (`training.rl.algorithms.BUILDERS`)."""
+Algorithm = Literal["dqn", "ppo", "appo", "impala"]
+ALGORITHM_NAMES = {
+    "dqn": "Dueling Double DQN with prioritized replay",
+    "ppo": "PPO",
+    "appo": "APPO",
+    "impala": "IMPALA",
+}
+"""How each algorithm is called in messages and reports."""
+
+
+@options_dataclass
+class PPOOptions:
+    """PPO's own options (RLlib's `PPOConfig.training`); the shared ones are in `RLOptions`.
+
+    Defaults: RLlib's tuned CartPole example (lr 3e-4, 6 epochs) and the usual PPO values for
+    small discrete problems (GAE lambda 0.95, clip 0.2, gradient norm 0.5; Schulman et al. 2017,
+    Stable-Baselines3's defaults)."""
+
+    lr: PositiveFloat = 3e-4
+    """Adam learning rate."""
+    train_batch_size: PositiveInt = 2048
+    """Env steps collected per iteration (per learner) before the epochs of updates."""
+    minibatch_size: PositiveInt = 128
+    """Transitions per gradient step within an epoch."""
+    num_epochs: PositiveInt = 6
+    """Passes over each collected batch."""
+    gae_lambda: Fraction = 0.95
+    """Lambda of generalised advantage estimation (1: Monte Carlo returns)."""
+    clip_param: PositiveFloat = 0.2
+    """PPO's clipping of the probability ratio."""
+    vf_clip_param: PositiveFloat = 1000.0
+    """Clip of the value function's *squared* error (RLlib clamps the squared error: its default
+    10 would stop the critic learning SepsisEnv's +-15 outcome rewards)."""
+    vf_loss_coeff: NonNegativeFloat = 0.5
+    """Weight of the value-function loss."""
+    entropy_coeff: NonNegativeFloat = 0.01
+    """Weight of the entropy bonus (exploration)."""
+    grad_clip: PositiveFloat = 0.5
+    """Gradient clipping by global norm."""
+    use_kl_loss: bool = False
+    """Add RLlib's adaptive KL penalty to the clipped objective."""
+
+
+@options_dataclass
+class IMPALAOptions:
+    """IMPALA's own options (RLlib's `IMPALAConfig.training`, V-trace); the shared ones are in
+    `RLOptions`. Defaults: RLlib's IMPALA defaults and its tuned CartPole example (batch ~500,
+    grad clip 40), with a batch that 4 envs x 32 steps tile exactly."""
+
+    lr: PositiveFloat = 5e-4
+    """Adam learning rate."""
+    train_batch_size: PositiveInt = 512
+    """Env steps per update (per learner)."""
+    rollout_fragment_length: PositiveInt = 32
+    """Env steps per env per sampling round (x envs per runner must divide the batch)."""
+    vf_loss_coeff: NonNegativeFloat = 0.5
+    """Weight of the value-function loss."""
+    entropy_coeff: NonNegativeFloat = 0.01
+    """Weight of the entropy bonus (exploration)."""
+    grad_clip: PositiveFloat = 40.0
+    """Gradient clipping by global norm."""
+    vtrace_clip_rho_threshold: PositiveFloat = 1.0
+    """V-trace's clip of the importance ratio in the value targets."""
+    vtrace_clip_pg_rho_threshold: PositiveFloat = 1.0
+    """V-trace's clip of the importance ratio in the policy gradient."""
+    broadcast_interval: PositiveInt = 1
+    """Updates between weight broadcasts to the env runners."""
+
+
+@options_dataclass
+class APPOOptions:
+    """APPO's own options (RLlib's `APPOConfig.training`: IMPALA's V-trace with PPO's clipped
+    objective, a target network and a circular buffer of batches); the shared ones are in
+    `RLOptions`. Defaults: RLlib's APPO defaults, with the IMPACT paper's circular buffer for
+    discrete tasks (4 batches, each replayed twice; Luo et al. 2020)."""
+
+    lr: PositiveFloat = 5e-4
+    """Adam learning rate."""
+    train_batch_size: PositiveInt = 512
+    """Env steps per update (per learner)."""
+    rollout_fragment_length: PositiveInt = 32
+    """Env steps per env per sampling round (x envs per runner must divide the batch)."""
+    vf_loss_coeff: NonNegativeFloat = 0.5
+    """Weight of the value-function loss."""
+    entropy_coeff: NonNegativeFloat = 0.01
+    """Weight of the entropy bonus (exploration)."""
+    grad_clip: PositiveFloat = 40.0
+    """Gradient clipping by global norm."""
+    clip_param: PositiveFloat = 0.4
+    """Clipping of the probability ratio (RLlib's APPO default)."""
+    use_kl_loss: bool = False
+    """Add a KL penalty to the target policy."""
+    circular_buffer_num_batches: PositiveInt = 4
+    """Batches held in the circular buffer."""
+    circular_buffer_iterations_per_batch: PositiveInt = 2
+    """Times each batch is used for an update."""
+    target_network_update_freq: PositiveInt = 2
+    """Target-network updates, in units of batches x buffer size x replays (RLlib's unit)."""
+    tau: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Target update mix: 1.0 copies the online weights."""
+
+
+ALGORITHM_OPTIONS: dict[str, type] = {
+    "ppo": PPOOptions,
+    "appo": APPOOptions,
+    "impala": IMPALAOptions,
+}
+"""The nested options class of each policy-gradient algorithm, by its `RLOptions` field."""
+
+
 @options_dataclass
 class RLOptions:
-    """Every option of a DQN run; the field list is the documentation."""
+    """Every option of an RL run; the field list is the documentation."""
+
+    algo: Algorithm = "dqn"
+    """Algorithm: dqn (Dueling Double DQN with prioritized replay), ppo, appo or impala."""
 
     # Environment
     env: str = SEPSIS_ENV_ID
@@ -67,7 +188,17 @@ class RLOptions:
     fcnet_activation: Activation = "relu"
     """Activation of the hidden layers (relu, tanh, swish)."""
     head_fcnet_hiddens: LayerSizes = field(default_factory=lambda: [64])
-    """Sizes of the hidden layers of each dueling head (value and advantage)."""
+    """Sizes of the hidden layers of each dueling head (value and advantage); for the
+    policy-gradient algorithms, of the policy and the value heads."""
+    vf_share_layers: bool = False
+    """Policy-gradient algorithms: the value function shares the hidden layers of the policy
+    (RLlib's `DefaultModelConfig` silently shares them unless told: here it is explicit)."""
+    ppo: PPOOptions = field(default_factory=PPOOptions)
+    """PPO's own options (used with `algo: ppo`)."""
+    appo: APPOOptions = field(default_factory=APPOOptions)
+    """APPO's own options (used with `algo: appo`)."""
+    impala: IMPALAOptions = field(default_factory=IMPALAOptions)
+    """IMPALA's own options (used with `algo: impala`)."""
 
     # DQN
     dueling: bool = True
@@ -181,6 +312,15 @@ class RLOptions:
         """Gymnasium must know the id here, in the driver, before Ray starts."""
         check_env_id(env)
         return env
+
+    @field_validator("ppo", "appo", "impala", mode="before")
+    @classmethod
+    def _algorithm_options_from_mapping(cls, value: Any, info: Any) -> Any:
+        """`ppo:`, `appo:` and `impala:` may be given as mappings of their fields (any subset:
+        the others keep their defaults)."""
+        if isinstance(value, Mapping):
+            return build_options(ALGORITHM_OPTIONS[info.field_name], value)
+        return value
 
     @model_validator(mode="after")
     def _schedule_starts_at_zero(self) -> RLOptions:

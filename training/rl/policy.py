@@ -22,13 +22,20 @@ from training.rl.run_dir import MODULE_SUBDIR, OPTIONS_FILE, CheckpointError, ve
 
 
 class GreedyPolicy:
-    """argmax_a Q(s, a) of a trained DQN checkpoint; callable on one raw observation."""
+    """The greedy policy of a trained checkpoint, callable on one raw observation: argmax_a of
+    the network's action scores, Q(s, a) for DQN and the policy's logits for PPO, APPO and
+    IMPALA (RLlib's `explore=False` takes the same argmax of the logits)."""
 
     def __init__(self, module, options: RLOptions, observation_space: gym.spaces.Box) -> None:
         self.module = module
         self.options = options
         self.observation_space = observation_space
         self.center_, self.scale_ = normalization_constants(observation_space)
+
+    @property
+    def has_q_values(self) -> bool:
+        """Whether the scores are Q-values (DQN) rather than logits of a policy."""
+        return self.options.algo == "dqn"
 
     def prepare(self, observations: np.ndarray) -> np.ndarray:
         """Raw observations (env units) -> the network's input, as in training."""
@@ -37,49 +44,93 @@ class GreedyPolicy:
             obs = normalize(obs, self.center_, self.scale_)
         return obs
 
-    def q_values(self, observations: np.ndarray) -> np.ndarray:
-        """Q-values, shape (batch, actions), for a batch of raw observations."""
+    def scores(self, observations: np.ndarray) -> np.ndarray:
+        """Action scores, shape (batch, actions), for a batch of raw observations: Q-values
+        (DQN) or the policy's logits (PPO, APPO, IMPALA)."""
         import torch
         from ray.rllib.core.columns import Columns
 
-        obs = self.prepare(np.atleast_2d(observations))
+        batch = {Columns.OBS: torch.from_numpy(self.prepare(np.atleast_2d(observations)))}
         with torch.no_grad():
-            out = self.module.compute_q_values({Columns.OBS: torch.from_numpy(obs)})
-        return out["qf_preds"].cpu().numpy()
+            if self.has_q_values:
+                return self.module.compute_q_values(batch)["qf_preds"].cpu().numpy()
+            return self.module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS].cpu().numpy()
+
+    def q_values(self, observations: np.ndarray) -> np.ndarray:
+        """Q-values, shape (batch, actions) (DQN only)."""
+        if not self.has_q_values:
+            raise ValueError(f"a {self.options.algo} policy has no Q-values; use probabilities")
+        return self.scores(observations)
+
+    def probabilities(self, observations: np.ndarray) -> np.ndarray:
+        """The policy's action probabilities, shape (batch, actions) (PPO, APPO, IMPALA: the
+        softmax of the logits; the greedy action is their argmax)."""
+        if self.has_q_values:
+            raise ValueError("a DQN policy has Q-values, not action probabilities")
+        logits = self.scores(observations)
+        logits = logits - logits.max(axis=-1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=-1, keepdims=True)
 
     def actions(self, observations: np.ndarray) -> np.ndarray:
         """Greedy actions for a batch of raw observations."""
-        return np.argmax(self.q_values(observations), axis=-1)
+        return np.argmax(self.scores(observations), axis=-1)
 
     def __call__(self, observation: np.ndarray) -> int:
         return int(self.actions(np.asarray(observation)[None])[0])
 
 
-def load_policy(checkpoint: str | Path) -> GreedyPolicy:
-    """The greedy policy of an algorithm checkpoint written by `sepsis-rl train`.
+MODULE_CLASSES = {
+    "dqn": ("DefaultDQNTorchRLModule",),
+    "ppo": ("DefaultPPOTorchRLModule",),
+    "impala": ("DefaultPPOTorchRLModule",),  # IMPALA trains RLlib's PPO module
+    "appo": ("DefaultAPPOTorchRLModule",),
+}
+"""The RLModule class each algorithm's checkpoint holds (RLlib's defaults)."""
+
+
+def check_algorithm(checkpoint: str | Path, algo: str | None) -> RLOptions:
+    """The checkpoint's options, after checking that it was trained by `algo` (None: any). The
+    algorithm is read from the checkpoint's own `options.yaml` (covered by its manifest), before
+    RLlib unpickles anything."""
+    checkpoint = Path(checkpoint)
+    verify_checkpoint(checkpoint)
+    options = checkpoint_options(checkpoint)
+    if algo is not None and options.algo != algo:
+        raise CheckpointError(
+            f"{checkpoint} was trained with {options.algo} ({checkpoint / OPTIONS_FILE}: "
+            f"algo: {options.algo}), not {algo}; pass --algo {options.algo} or leave --algo out"
+        )
+    return options
+
+
+def load_policy(checkpoint: str | Path, algo: str | None = None) -> GreedyPolicy:
+    """The greedy policy of an algorithm checkpoint written by `sepsis-rl train`, of any
+    algorithm (`algo`: refuse a checkpoint of another one).
 
     Raises FileNotFoundError for a missing folder; CheckpointError or ManifestError (both
     ValueError) for a folder that is not an intact checkpoint of ours, options that are not
-    valid, or a module that is not a DQN module fitting the options' environment.
+    valid, a checkpoint of another algorithm than `algo`, or a module that is not the one its
+    algorithm writes or does not fit the options' environment.
     """
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     checkpoint = Path(checkpoint)
-    verify_checkpoint(checkpoint)
-    options = checkpoint_options(checkpoint)
+    options = check_algorithm(checkpoint, algo)
     space, n_actions = _spaces_of(options, checkpoint / OPTIONS_FILE)
     module_dir = checkpoint / MODULE_SUBDIR
+    expected = MODULE_CLASSES[options.algo]
     try:
         module = RLModule.from_checkpoint(str(module_dir.resolve()))
     except Exception as err:  # unpickling fails in many ways; all mean an unusable checkpoint
         raise CheckpointError(
             f"cannot load the RLModule from {module_dir} ({type(err).__name__}: {err}); "
-            "expected the DQN module `sepsis-rl train` wrote"
+            f"expected the {options.algo} module `sepsis-rl train` wrote ({expected[0]})"
         ) from err
-    if not callable(getattr(module, "compute_q_values", None)):
+    if type(module).__name__ not in expected:
         raise CheckpointError(
-            f"{module_dir} holds a {type(module).__name__}, not a DQN module with Q-values: "
-            "the checkpoint was trained by another algorithm"
+            f"{module_dir} holds a {type(module).__name__}, not the {options.algo} module "
+            f"({', '.join(expected)}) that {checkpoint / OPTIONS_FILE} says trained it"
         )
     module.eval()
     policy = GreedyPolicy(module, options, space)
@@ -128,7 +179,7 @@ def _check_fits(policy: GreedyPolicy, n_actions: int, module_dir: Path) -> None:
     """Refuse a module whose input or output does not fit the environment it claims."""
     probe = np.zeros((1, *policy.observation_space.shape), dtype=np.float32)
     try:
-        q = policy.q_values(probe)
+        q = policy.scores(probe)
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"{module_dir}: the network does not take {policy.options.env}'s observations of "
@@ -136,7 +187,7 @@ def _check_fits(policy: GreedyPolicy, n_actions: int, module_dir: Path) -> None:
         ) from err
     if q.shape != (1, n_actions):
         raise CheckpointError(
-            f"{module_dir}: the network gives {q.shape[-1]} Q-values, expected one per action "
+            f"{module_dir}: the network gives {q.shape[-1]} action scores, expected one per action "
             f"of {policy.options.env} ({n_actions})"
         )
 
@@ -162,12 +213,12 @@ HAND_RULE = "age_adaptive"
 observation and a pharmacological prior, so a learned policy should reach it."""
 
 
-LEARNED = "dqn"
+LEARNED = "learned"
 """Name of the learned greedy policy in reports and figures."""
 
 
 POLICY_NAMES = {
-    LEARNED: "Learned policy (DQN, greedy)",
+    LEARNED: "Learned policy (greedy)",
     "protocol": "Clinician protocol",
     "age_adaptive": "Age-adaptive protocol (hand rule)",
     "random": "Random",

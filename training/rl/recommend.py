@@ -178,19 +178,26 @@ def patient_observation(patient: dict, source: str = "patient") -> np.ndarray:
     return np.array([values[name] for name in OBS_NAMES], dtype=np.float32)
 
 
-def recommend(checkpoint: str | Path, patient: dict, source: str = "patient") -> dict:
-    """The greedy action and the Q-value of every action for one patient state."""
+def recommend(
+    checkpoint: str | Path, patient: dict, source: str = "patient", algo: str | None = None
+) -> dict:
+    """The greedy action for one patient state, with every action's Q-value (DQN) or
+    probability (PPO, APPO, IMPALA); `algo` refuses a checkpoint of another algorithm."""
     from sepsis_env.env import ACTION_NAMES, OBS_NAMES
 
-    policy = load_policy(checkpoint)
+    policy = load_policy(checkpoint, algo)
     if not is_sepsis_env(policy.options.env):
         raise ValueError(f"{checkpoint} was trained on {policy.options.env}, not SepsisEnv")
     obs = patient_observation(patient, source)
-    q = policy.q_values(obs[None])[0]
-    action = int(np.argmax(q))
+    kind = "q_values" if policy.has_q_values else "probabilities"
+    values = policy.q_values(obs[None])[0] if policy.has_q_values else None
+    if values is None:
+        values = policy.probabilities(obs[None])[0]
+    action = int(np.argmax(values))
     return {
+        "algo": policy.options.algo,
         "action": action,
         "action_name": ACTION_NAMES[action],
-        "q_values": {ACTION_NAMES[a]: float(q[a]) for a in range(len(ACTION_NAMES))},
+        kind: {ACTION_NAMES[a]: float(values[a]) for a in range(len(ACTION_NAMES))},
         "observation": {name: float(v) for name, v in zip(OBS_NAMES, obs, strict=True)},
     }

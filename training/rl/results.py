@@ -46,6 +46,9 @@ LEARNING_RATE_KEY = "default_optimizer_learning_rate"
 QF_LOSS_KEY = "qf_loss"
 """Learner-result key of DQN's TD loss (`ray.rllib.algorithms.dqn.dqn_learner.QF_LOSS_KEY`;
 imported lazily there, so it is restated here)."""
+TOTAL_LOSS_KEY = "total_loss"
+"""Learner-result key of the policy-gradient algorithms' whole loss (policy, value, entropy;
+`ray.rllib.core.learner.learner.TOTAL_LOSS_KEY`)."""
 FAULT_TOLERANCE_HEALTHY = "num_healthy_workers"
 """Key (under `fault_tolerance`) of the env runners alive this iteration."""
 
@@ -61,7 +64,7 @@ METRIC_FIELDS = [
     "eval_return_mean",
     "eval_return_minus_protocol",
     "eval_survival_minus_protocol",
-    "qf_loss",
+    "loss",
     "learning_rate",
     "epsilon",
     "updates",
@@ -83,17 +86,29 @@ class IterationMetrics:
     eval_return_mean: float
     eval_return_minus_protocol: float  # SepsisEnv: paired, on the validation episodes
     eval_survival_minus_protocol: float
-    qf_loss: float
+    loss: float  # DQN: the TD loss; PPO, APPO, IMPALA: the total loss
     learning_rate: float
-    epsilon: float
+    epsilon: float  # DQN's exploration; NaN for the policy-gradient algorithms
     updates: int
     healthy_env_runners: int
 
 
 def epsilon_at(options: RLOptions, env_steps: int) -> float:
-    """Epsilon of the linear schedule after `env_steps` (RLlib does not report it)."""
+    """Epsilon of DQN's linear schedule after `env_steps` (RLlib does not report it); NaN for
+    the policy-gradient algorithms, which explore by sampling their policy."""
+    if options.algo != "dqn":
+        return float("nan")
     frac = min(1.0, env_steps / max(1, options.epsilon_timesteps))
     return options.epsilon_start + frac * (options.epsilon_end - options.epsilon_start)
+
+
+def update_batch_size(options: RLOptions) -> int:
+    """Transitions per learner update of `options.algo` (PPO: a minibatch)."""
+    if options.algo == "dqn":
+        return options.train_batch_size
+    if options.algo == "ppo":
+        return options.ppo.minibatch_size
+    return getattr(options, options.algo).train_batch_size
 
 
 def metrics_of(result: dict[str, Any], options: RLOptions, last_eval: float) -> IterationMetrics:
@@ -118,10 +133,10 @@ def metrics_of(result: dict[str, Any], options: RLOptions, last_eval: float) -> 
         eval_return_mean=_float(eval_return),
         eval_return_minus_protocol=_float(evaluation.get(RETURN_VS_PROTOCOL_KEY)),
         eval_survival_minus_protocol=_float(evaluation.get(SURVIVAL_VS_PROTOCOL_KEY)),
-        qf_loss=_float(learner.get(QF_LOSS_KEY)),
+        loss=_float(learner.get(QF_LOSS_KEY if options.algo == "dqn" else TOTAL_LOSS_KEY)),
         learning_rate=_float(learner.get(LEARNING_RATE_KEY)),
         epsilon=epsilon_at(options, env_steps),
-        updates=trained // max(1, options.train_batch_size),
+        updates=trained // max(1, update_batch_size(options)),
         healthy_env_runners=int(options.num_env_runners if healthy is None else healthy),
     )
 

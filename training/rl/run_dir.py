@@ -166,17 +166,20 @@ def restore_checkpoint(algo, path: Path) -> int:
             "is it a checkpoint of this algorithm and these options?"
         ) from err
     buffer_file = path / BUFFER_FILE
+    buffer = getattr(algo, "local_replay_buffer", None)
+    if buffer is None:  # PPO, APPO, IMPALA: nothing to restore beyond the algorithm's state
+        return 0
     if buffer_file.exists():
         try:
             with buffer_file.open("rb") as f:
                 state = pickle.load(f)
-            algo.local_replay_buffer.set_state(state)
+            buffer.set_state(state)
         except Exception as err:  # as above: a buffer that cannot be read or does not fit
             raise CheckpointError(
                 f"cannot restore the replay buffer from {buffer_file} "
                 f"({type(err).__name__}: {err}); expected the state of this run's buffer"
             ) from err
-    return algo.local_replay_buffer.get_num_timesteps()
+    return buffer.get_num_timesteps()
 
 
 def load_run_options(out_dir: str | Path, overrides: dict[str, Any] | None = None) -> RLOptions:

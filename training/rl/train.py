@@ -1,4 +1,5 @@
-"""The DQN training loop: budgets, metrics, checkpoints with the replay buffer, resume.
+"""The training loop of every algorithm: budgets, metrics, checkpoints (DQN: with the replay
+buffer), resume.
 
 The run's folder and its checkpoint layout are described in `training.rl.run_dir`.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 from sepsis_rl.common.files import copy_to_storage, write_json_atomic
 from sepsis_rl.common.ray_local import init_ray
-from training.rl.dqn import build_dqn_config, configure_learner_process
+from training.rl.algorithms import build_config, configure_learner_process, uses_replay_buffer
 from training.rl.options import RLOptions, save_options
 from training.rl.results import (
     METRIC_FIELDS,
@@ -157,9 +158,11 @@ def train(
     sync_uri: str | None = None,
     ray_address: str | None = None,
 ) -> TrainResult:
-    """Train DQN until a budget is used up; write metrics and checkpoints under `out_dir`.
+    """Train `options.algo` until a budget is used up; write metrics and checkpoints under
+    `out_dir`.
 
-    With `resume=True` the run continues from `out_dir/checkpoints/last` with its replay buffer.
+    With `resume=True` the run continues from `out_dir/checkpoints/last` (DQN: with its replay
+    buffer).
     `sync_uri` (s3://, gs://, file://) receives a copy of the run folder with every `last`
     checkpoint and at the end.
 
@@ -171,7 +174,7 @@ def train(
     prepare_run_dir(run, options, resume)
     init_ray(ray_address)
     configure_learner_process(options)
-    algo = build_dqn_config(options).build_algo()
+    algo = build_config(options).build_algo()
     writer = MetricsWriter(run)
     start = time.monotonic()
     try:
@@ -180,7 +183,7 @@ def train(
             metrics, stop_reason = train_until_budget(
                 algo, options, run, writer, best, start, on_iteration, sync_uri, stop
             )
-        save_checkpoint(algo, run.last, options, True)
+        save_checkpoint(algo, run.last, options, uses_replay_buffer(options))
         outcome = TrainResult(
             out_dir=str(run.root),
             stop_reason=stop_reason,
@@ -191,7 +194,7 @@ def train(
             best_eval_return=best.value,
             last_checkpoint=str(run.last),
             best_checkpoint=best.checkpoint,
-            replay_buffer_timesteps=algo.local_replay_buffer.get_num_timesteps(),
+            replay_buffer_timesteps=replay_timesteps(algo),
         )
         write_json_atomic(run.summary, asdict(outcome))
         if sync_uri:
@@ -202,6 +205,12 @@ def train(
     finally:
         writer.close()
         algo.stop()
+
+
+def replay_timesteps(algo) -> int:
+    """Transitions in the algorithm's replay buffer (0 for the algorithms without one)."""
+    buffer = getattr(algo, "local_replay_buffer", None)
+    return buffer.get_num_timesteps() if buffer is not None else 0
 
 
 @dataclass
@@ -270,6 +279,6 @@ def train_until_budget(
         if reason is not None:
             return metrics, reason
         if metrics.iteration % max(1, options.checkpoint_every) == 0:
-            save_checkpoint(algo, run.last, options, True)
+            save_checkpoint(algo, run.last, options, uses_replay_buffer(options))
             if sync_uri:
                 copy_to_storage(run.root.resolve(), sync_uri)

@@ -6,7 +6,8 @@ changed (`training.study.stages`):
     raw/         synthetic cohort (.psv), only when no --data is given
     prepared/    data prepare: canonical table, split, cleaning, features, environment cohort
     classify/    classifiers with and without oversampling, on real held-out patients
-    rl/          Dueling Double DQN on SepsisEnv (training patients of the environment cohort)
+    rl/          the RL agent (default: Dueling Double DQN) on SepsisEnv (training patients of the
+                 environment cohort)
     evaluation/  greedy policy against the clinical baselines on test patients
     report.html, report.md
 
@@ -201,7 +202,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         RL,
         key=_rl_key,
-        message=lambda run: "[rl] training the Dueling Double DQN on Ray RLlib",
+        message=lambda run: f"[rl] training {_algorithm_name(run)} on Ray RLlib",
         run=lambda stage, run: _train(stage, _rl_options(run), run.notify),
         clear_first=False,
     ),
@@ -253,6 +254,13 @@ def _classify(
     config = classify_config_of(options)
     run_classification(prepared_dir, stage.directory, config, progress=progress)
     stage.mark_done()
+
+
+def _algorithm_name(run: StudyRun) -> str:
+    from training.rl.options import ALGORITHM_NAMES
+
+    algo = run.options.rl.get("algo", "dqn")
+    return ("the " if algo == "dqn" else "") + ALGORITHM_NAMES.get(algo, algo)
 
 
 def _rl_options(run: StudyRun):

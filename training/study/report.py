@@ -50,6 +50,7 @@ from training.classification.documents import (
 )
 from training.classification.metrics import METRIC_LABELS, THRESHOLD_RULE_LABELS, UNDEFINED_NOTE
 from training.rl.evaluate import VERDICT_BASELINES
+from training.rl.options import ALGORITHM_NAMES
 from training.rl.policy import HAND_RULE, POLICY_NAMES
 from training.study.documents import (
     Bullets,
@@ -151,7 +152,7 @@ def build_sections(out: Path, options: dict, data: Path | None) -> list[Section]
     if metrics:
         sections += [_classifiers(out, metrics), _fidelity(out)]
     if rl_summary or evaluation:
-        sections.append(_training(out, rl_summary))
+        sections.append(_training(out, rl_summary, options.get("rl", {}).get("algo", "dqn")))
     if evaluation:
         sections += [
             _policies(out, evaluation),
@@ -413,12 +414,12 @@ def _fidelity(out: Path) -> Section:
     )
 
 
-def _training(out: Path, summary: dict | None) -> Section:
+def _training(out: Path, summary: dict | None, algo: str = "dqn") -> Section:
     blocks: list = []
     if summary:
         blocks.append(
             Paragraph(
-                f"Dueling Double DQN with prioritized replay on Ray RLlib: "
+                f"{ALGORITHM_NAMES.get(algo, algo)} on Ray RLlib: "
                 f"{summary['episodes']:,} training episodes, {summary['env_steps']:,} environment "
                 f"steps in {summary['elapsed_s'] / 60:.1f} min (stopped by: "
                 f"{summary['stop_reason']})."
@@ -701,7 +702,7 @@ def _differences(out: Path, differences: dict) -> Section:
             row["treatment"],
             format_interval(row["rule_gives_learned_not"], percent=True),
             format_interval(row["learned_gives_rule_not"], percent=True),
-            format_interval(row["q_gap_mean"], 2),
+            format_interval(row["score_gap_mean"], 2),
         ]
         for row in differences["disagreement"]
         if row["group"] == "overall"
@@ -720,13 +721,14 @@ def _differences(out: Path, differences: dict) -> Section:
             f"The headline tables say whether the learned policy beats the {rule}; this section "
             "says where the two part. First, in the test states the learned policy met, how often "
             "the rule would decide a treatment differently, and the gap the learned network itself "
-            "puts between its action and the rule's (in units of return: a small gap means it "
-            "barely prefers its own choice). Then the learned policy is re-run on the same paired "
-            "episodes with one treatment decision taken from the rule: a survival change above "
-            "zero marks a decision the learned policy gets wrong."
+            "puts between its action and the rule's (DQN: in Q-values, units of return; a policy "
+            "gradient algorithm: in logits; a small gap means it barely prefers its own choice). "
+            "Then the learned policy is re-run on the same paired episodes with one treatment "
+            "decision taken from the rule: a survival change above zero marks a decision the "
+            "learned policy gets wrong."
         ),
         Table(
-            ["treatment", "rule gives, learned not", "learned gives, rule not", "Q gap"],
+            ["treatment", "rule gives, learned not", "learned gives, rule not", "score gap"],
             disagreement,
             f"Share of the learned policy's test states where the {rule} decides differently "
             "(95% CIs)",
