@@ -14,7 +14,8 @@ Writes into the output folder:
 
     trials.csv, trials.md        every trial, sorted: score, status, steps, config, error
     best_config.yaml             the best configuration, ready for `sepsis-rl classify --config`
-                                 (classifier search) or `sepsis-rl train --config` (RL search)
+                                 (classifier search) or `sepsis-rl train --config` (RL search:
+                                 every option, `algo` included, nested options as mappings)
     learning_curves.png          the metric per fold / iteration of the top trials
     metric_vs_params.png         score against each hyper-parameter
     seed_spread.png              scores of configurations repeated over seeds (when any are)
@@ -91,6 +92,16 @@ class Analysis:
     @property
     def maximize(self) -> bool:
         return self.search["mode"] == "max"
+
+    @property
+    def title(self) -> str:
+        """What was searched: CLASSIFIERS, or RL with its algorithm (searches written before
+        there was a choice of algorithm searched DQN)."""
+        kind = self.search["kind"].upper()
+        if self.search["kind"] != "rl":
+            return kind
+        algo = self.search.get("algo") or self.search.get("base_options", {}).get("algo", "dqn")
+        return f"{kind} ({algo.upper()})"
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -548,7 +559,7 @@ def _overview(analysis: Analysis) -> str:
     """Title; metric, scheduler and trials per status."""
     search, n = analysis.search, counts(analysis)
     return (
-        f"# {search['kind'].upper()} search: {analysis.folder.name}\n\n"
+        f"# {analysis.title} search: {analysis.folder.name}\n\n"
         f"Metric: `{analysis.metric}` ({'higher' if analysis.maximize else 'lower'} is better), "
         f"scheduler {search['scheduler']}, {len(analysis.trials)} trials: {n[COMPLETED]} "
         f"completed, {n[STOPPED]} stopped early (by the scheduler, or cut when the time budget "
@@ -576,8 +587,13 @@ def _best_checkpoint(analysis: Analysis, best: Trial) -> str:
     checkpoint = best_checkpoint(best, analysis.metric, analysis.maximize)
     if checkpoint is None:
         return ""
-    rl = analysis.search["kind"] == "rl"
-    what = "RLlib checkpoint with replay buffer in `algo/`" if rl else "fold scores"
+    if analysis.search["kind"] != "rl":
+        return f"Best checkpoint: `{checkpoint}` (fold scores)."
+    from training.rl.run_dir import BUFFER_FILE
+    from tuning.rl_search import ALGO_SUBDIR
+
+    buffer = (checkpoint / ALGO_SUBDIR / BUFFER_FILE).is_file()  # DQN's; PG algorithms have none
+    what = f"RLlib checkpoint{' with replay buffer' if buffer else ''} in `{ALGO_SUBDIR}/`"
     return f"Best checkpoint: `{checkpoint}` ({what})."
 
 

@@ -1,23 +1,27 @@
-"""`sepsis-rl tune rl`: search DQN's hyper-parameters, scored by the greedy policy.
+"""`sepsis-rl tune rl`: search the hyper-parameters of DQN, PPO, APPO or IMPALA, scored by the
+greedy policy.
 
-Every trial builds its RLlib config with `training.rl.dqn.build_dqn_config`, the function
-`sepsis-rl train` uses, from the base options (`--config`, the same file `train` reads) with the
-trial's sampled values (`tuning.spaces.RL_SPACE`) on top. So the best trial's options, written
-as YAML, are a file `sepsis-rl train --config` accepts as it is.
+The algorithm is the base options' `algo`. Every trial builds its RLlib config with
+`training.rl.algorithms.build_config`, the function `sepsis-rl train` uses, from the base options
+(`--config`, the same file `train` reads) with the trial's sampled values on top
+(`tuning.spaces.RL_SPACES[algo]`; a nested option by its dotted path, `ppo.lr`, validated like
+any option). So the best trial's options, written as YAML, are a file `sepsis-rl train --config`
+accepts as it is.
 
 A trial trains for `iterations_per_trial` RLlib iterations. After each it evaluates the greedy
 policy (RLlib's evaluation with `explore=False`, which the builder configures) and reports that
 return as `eval_return`: trials are compared and early-stopped on it, never on the exploring
 training return. Checkpoints hold the replay buffer as well (`training.rl.run_dir.save_checkpoint`;
 RLlib's new-stack checkpoints leave it out), so a Tune retry, a resumed search, or a PBT exploit
-continues with the data the weights were trained on.
+continues with the data the weights were trained on; PPO, APPO and IMPALA have no buffer.
 
 Schedulers (`--scheduler`):
 - `asha` (default): Optuna's TPE proposes configurations; ASHA stops the worst after 1, 2, 4...
   iterations.
 - `pbt`: population-based training. Random initial configurations; every `perturbation_interval`
-  iterations the worst quarter copies the weights and buffer of the best quarter and perturbs
-  `PBT_MUTABLE` (learning rate, gamma, replay alpha/beta, target update period).
+  iterations the worst quarter copies the weights (and buffer) of the best quarter and perturbs
+  `PBT_MUTABLES[algo]` (DQN: learning rate, gamma, replay alpha/beta, target update period;
+  PPO, APPO, IMPALA: learning rate, entropy and value-loss weights, APPO's and PPO's clip).
 - `fifo`: every trial runs all iterations (use with `--repeats` to see the spread over seeds).
 
 Resources: each trial asks for exactly what its algorithm will create (one bundle for the
@@ -30,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import field
@@ -48,7 +53,7 @@ from pydantic import (
 
 from sepsis_rl.common.config_files import RuleError, build_options, options_dataclass
 from sepsis_rl.common.intervals import mean_interval
-from training.rl.dqn import build_dqn_config
+from training.rl.algorithms import build_config, uses_replay_buffer
 from training.rl.options import RLOptions, options_from_dict, save_options
 from training.rl.results import evaluation_returns_of
 from tuning.runner import (
@@ -62,8 +67,9 @@ from tuning.runner import (
 )
 from tuning.spaces import (
     LAYER_CHOICES,
-    PBT_MUTABLE,
-    RL_SPACE,
+    PBT_MUTABLES,
+    RL_SPACES,
+    Space,
     clip_to_space,
     describe,
     dimension_names,
@@ -81,11 +87,13 @@ METRIC = "eval_return"
 
 @options_dataclass
 class RLSearch:
-    """Every option of a DQN search; the field list is the documentation."""
+    """Every option of an RL search; the field list is the documentation."""
 
     base: RLOptions = field(default_factory=RLOptions)
-    """Options every trial starts from (the `--config` file `train` reads); searched fields are
-    replaced by each trial's values."""
+    """Options every trial starts from (the `--config` file `train` reads); its `algo` is the
+    algorithm searched, and searched fields are replaced by each trial's values."""
+    hold: Annotated[tuple[str, ...], Field(strict=False)] = ()
+    """Searched options to keep at the base's value instead (e.g. `ppo.train_batch_size`)."""
     num_samples: PositiveInt = 6
     """Configurations to try (the base configuration counts as the first)."""
     iterations_per_trial: PositiveInt = 6
@@ -135,6 +143,14 @@ class RLSearch:
                 self.grace_period,
                 f"must be at most iterations_per_trial ({self.iterations_per_trial})",
             )
+        unknown = [name for name in self.hold if name not in RL_SPACES[self.base.algo]]
+        if unknown:
+            raise RuleError(
+                "hold",
+                list(self.hold),
+                f"{unknown} not searched for {self.base.algo}; searched: "
+                + ", ".join(RL_SPACES[self.base.algo]),
+            )
         if self.repeats > 1 and self.scheduler != "fifo":
             raise RuleError(
                 "repeats",
@@ -147,19 +163,62 @@ class RLSearch:
     def validate(self) -> None:
         """Nothing left to check: an `RLSearch` is validated when it is built."""
 
+    @property
+    def algo(self) -> str:
+        """The algorithm searched (`base.algo`)."""
+        return self.base.algo
+
+    @property
+    def space(self) -> Space:
+        """What is searched: the algorithm's space without the held options."""
+        return searched_space(self.algo, self.hold)
+
     def default_point(self) -> dict[str, Any] | None:
         """The base options' values of the searched fields, if each is a valid choice."""
-        return encode(self.base)
+        return encode(self.base, self.space)
+
+
+def searched_space(algo: str, hold: tuple[str, ...] | list[str] = ()) -> Space:
+    """`RL_SPACES[algo]` without the dimensions in `hold`."""
+    return {name: dim for name, dim in RL_SPACES[algo].items() if name not in hold}
 
 
 # -- sampled values <-> options -----------------------------------------------------------------
 
 
-def encode(options: RLOptions) -> dict[str, Any] | None:
-    """The searched fields of `options` as the search samples them (layer lists by name)."""
+def option_value(options: RLOptions, name: str) -> Any:
+    """The value of the option `name` (a dotted path for a nested one: `ppo.lr`)."""
+    value: Any = options
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def with_values(options: RLOptions, values: Mapping[str, Any], where: str = "") -> RLOptions:
+    """`options` with `values` applied and validated; a dotted name (`ppo.lr`) sets that field of
+    the nested options and keeps its other fields (a mapping given for `ppo` would reset them)."""
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        head, dot, rest = str(name).partition(".")
+        if not dot:
+            flat[name] = value
+            continue
+        if head not in flat:
+            current = getattr(options, head, None)
+            nested = dataclasses.is_dataclass(current) and not isinstance(current, type)
+            flat[head] = dataclasses.asdict(current) if nested else {}
+        if not isinstance(flat[head], dict):
+            flat[head] = {}  # `ppo: ...` and `ppo.lr` both given: the validation says what is
+        flat[head][rest] = value
+    return options_from_dict(flat, base=options, where=where)
+
+
+def encode(options: RLOptions, space: Space | None = None) -> dict[str, Any] | None:
+    """The searched fields of `options` as the search samples them (layer lists by name);
+    `space` defaults to the space of `options.algo`."""
     point: dict[str, Any] = {}
-    for name in RL_SPACE:
-        value = getattr(options, name)
+    for name in RL_SPACES[options.algo] if space is None else space:
+        value = option_value(options, name)
         if name in LAYER_CHOICES:
             names = [k for k, v in LAYER_CHOICES[name].items() if list(v) == list(value)]
             if not names:
@@ -183,8 +242,9 @@ def decode(sampled: dict[str, Any]) -> dict[str, Any]:
 
 def best_options(config: dict[str, Any]) -> RLOptions:
     """The options a trial's configuration stands for, as `sepsis-rl train` would run them."""
-    sampled = {k: v for k, v in config.items() if k in RL_SPACE}
-    options = options_from_dict(decode(sampled), base=options_from_dict(dict(config["base"])))
+    base = options_from_dict(dict(config["base"]))
+    sampled = {k: v for k, v in config.items() if k in RL_SPACES[base.algo]}
+    options = with_values(base, decode(sampled))
     options.seed = int(config["base"]["seed"]) + int(config.get(TRIAL_INDEX_KEY, 0) or 0)
     return options
 
@@ -201,7 +261,7 @@ def trial_options(config: dict[str, Any]) -> RLOptions:
 def placed(config: Any, cpus_for_main_process: float) -> Any:
     """The algorithm config with its driver's (and local learner's) CPU reservation set.
 
-    Only placement changes: what is trained is exactly what `build_dqn_config` built.
+    Only placement changes: what is trained is exactly what `build_config` built.
     """
     return config.resources(num_cpus_for_main_process=cpus_for_main_process).learners(
         num_cpus_per_learner=cpus_for_main_process
@@ -210,7 +270,7 @@ def placed(config: Any, cpus_for_main_process: float) -> Any:
 
 def trial_resources(search: RLSearch) -> Any:
     """The placement group one trial needs, as RLlib computes it for the trial's config."""
-    config = placed(build_dqn_config(search.base), search.cpus_for_main_process)
+    config = placed(build_config(search.base), search.cpus_for_main_process)
     return config.algo_class.default_resource_request(config)
 
 
@@ -222,25 +282,27 @@ ReportFn = Callable[[dict[str, Any], Path | None], None]
 
 
 def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None = None) -> None:
-    """Train DQN for the trial's iterations, reporting the greedy evaluation return after each.
+    """Train the trial's algorithm for its iterations, reporting the greedy evaluation return
+    after each.
 
     With `checkpoint` (a folder an earlier report got), training continues from it: weights,
-    optimizer, counters and the replay buffer.
+    optimizer, counters and (DQN) the replay buffer.
     """
     from training.rl.results import metrics_of
     from training.rl.run_dir import restore_checkpoint, save_checkpoint
 
     options = trial_options(config)
     settings = config["trial"]
-    algo = placed(build_dqn_config(options), settings["cpus_for_main_process"]).build_algo()
+    algo = placed(build_config(options), settings["cpus_for_main_process"]).build_algo()
     try:
         start = 0
         if checkpoint is not None:
             restore_checkpoint(algo, Path(checkpoint) / ALGO_SUBDIR)
             start = json.loads((Path(checkpoint) / TRIAL_STATE_FILE).read_text())["iteration"]
             # The optimizer state carries the checkpoint's learning rate; PBT may have changed it.
-            if isinstance(options.lr, int | float):
-                _set_learning_rate(algo, float(options.lr))
+            lr = learning_rate_of(options)
+            if isinstance(lr, int | float):
+                _set_learning_rate(algo, float(lr))
         last_eval = float("nan")
         total = int(settings["iterations"])
         for iteration in range(start + 1, total + 1):
@@ -257,16 +319,17 @@ def run_trial(config: dict[str, Any], report: ReportFn, checkpoint: Path | None 
                 "train_return": metrics.episode_return_mean,
                 "env_steps": metrics.env_steps,
                 "episodes": metrics.episodes,
-                "qf_loss": metrics.qf_loss,
-                "epsilon": metrics.epsilon,
+                "loss": metrics.loss,
                 "steps_per_s": metrics.steps_per_s,
                 "iteration": iteration,
             }
+            if not math.isnan(metrics.epsilon):  # only DQN explores by epsilon
+                row["epsilon"] = metrics.epsilon
             if iteration % int(settings["checkpoint_every"]) and iteration != total:
                 report(row, None)
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(algo, Path(tmp) / ALGO_SUBDIR, options, with_buffer=True)
+                save_checkpoint(algo, Path(tmp) / ALGO_SUBDIR, options, uses_replay_buffer(options))
                 (Path(tmp) / TRIAL_STATE_FILE).write_text(json.dumps({"iteration": iteration}))
                 report(row, Path(tmp))
     finally:
@@ -289,6 +352,13 @@ def rl_trial(config: dict[str, Any]) -> None:
         run_trial(config, report, Path(folder))
 
 
+def learning_rate_of(options: RLOptions) -> float | list[list[float]]:
+    """The learning rate of `options.algo` (DQN's is at the top level, may be a schedule)."""
+    if options.algo == "dqn":
+        return options.lr
+    return getattr(options, options.algo).lr
+
+
 def _set_learning_rate(algo: Any, lr: float) -> None:
     def apply(learner: Any) -> None:
         for optimizer in learner._named_optimizers.values():
@@ -302,15 +372,18 @@ def _set_learning_rate(algo: Any, lr: float) -> None:
 
 def search_record(search: RLSearch) -> dict[str, Any]:
     """What `search.json` holds for an RL search."""
+    space = search.space
     return {
         "kind": "rl",
+        "algo": search.algo,
         "metric": METRIC,
         "mode": "max",
         "per_step_metric": METRIC,
         "step_name": "iteration",
         "max_steps": search.iterations_per_trial,
-        "params": dimension_names(RL_SPACE),
-        "space": describe(RL_SPACE),
+        "params": dimension_names(space),
+        "space": describe(space),
+        "hold": list(search.hold),
         "default": search.default_point(),
         "scheduler": search.scheduler,
         "repeats": search.repeats,
@@ -345,21 +418,23 @@ def _search_start(search: RLSearch, concurrency: int) -> SearchStart:
 
     fixed = _fixed_config(search)
     default = search.default_point()
+    space = search.space
     if search.scheduler == "pbt":
+        mutable = [name for name in PBT_MUTABLES[search.algo] if name in space]
         scheduler = PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=search.perturbation_interval,
-            hyperparam_mutations=tune_space(RL_SPACE, only=PBT_MUTABLE),
-            custom_explore_fn=clip_to_space,
+            hyperparam_mutations=tune_space(space, only=mutable),
+            custom_explore_fn=functools.partial(clip_to_space, space=space),
         )
         searcher = BasicVariantGenerator(
             points_to_evaluate=[default] if default else None,
             random_state=search.seed,
             max_concurrent=concurrency,
         )
-        return SearchStart(searcher, scheduler, {**fixed, **tune_space(RL_SPACE)})
+        return SearchStart(searcher, scheduler, {**fixed, **tune_space(space)})
     searcher: Any = OptunaSearch(
-        space=functools.partial(suggest, RL_SPACE),
+        space=functools.partial(suggest, space),
         metric=METRIC,
         mode="max",
         points_to_evaluate=[default] if default else None,
@@ -393,8 +468,11 @@ def run_rl_search(search: RLSearch, resume: bool = False) -> SearchOutcome:
     if resume:
         # Trials must be rebuilt with the options the search started with, not today's flags.
         path = experiment_path(search.storage, search.name)
+        record = load_search(path)
         search = dataclasses.replace(
-            search, base=options_from_dict(load_search(path)["base_options"])
+            search,
+            base=options_from_dict(record["base_options"]),
+            hold=tuple(record.get("hold", ())),
         )
     resources = trial_resources(search)
     cpus = sum(bundle.get("CPU", 0.0) for bundle in resources.bundles)

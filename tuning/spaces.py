@@ -4,7 +4,8 @@ Each space is a plain dict of named `Dimension`s, read top to bottom. `suggest(s
 turns a space into an Optuna define-by-run search (so a model's hyper-parameters are only drawn
 when that model is), `tune_space` into Ray Tune domains (for random search and PBT mutations).
 Parameter names are the names of the option they set: `ClassifierSettings` fields for the
-classifiers, `RLOptions` fields for DQN, so a sampled configuration is already the config file.
+classifiers, `RLOptions` fields for the RL algorithms, a nested field by its dotted path
+(`ppo.lr` is `RLOptions.ppo.lr`), so a sampled configuration is already the config file.
 
 The `DEFAULT_*` points are the configurations a user gets without tuning. Each search evaluates
 its default first, so the analysis can say what the search gained over it.
@@ -180,6 +181,80 @@ PBT_MUTABLE: tuple[str, ...] = (
 and n-step stay fixed per trial: a checkpoint's weights and buffer only fit the values they were
 made with."""
 
+# The policy-gradient algorithms. Ranges: rl-baselines3-zoo's Optuna samplers for PPO and A2C
+# (`rl_zoo3/hyperparams_opt.py`: lr log-uniform 1e-5..2e-3, entropy coefficient log-uniform up to
+# 0.1, clip 0.1..0.4, epochs 1..20, minibatch 32..512, GAE lambda 0.9..0.9999, gradient norm
+# 0.3..2), narrowed to what a small discrete problem on a few cores can afford (epochs <= 10, the
+# entropy bonus from 1e-4: below that it does nothing on a handful of actions), and Andrychowicz
+# et al. 2021, "What matters in on-policy RL?" (GAE lambda about 0.9, clip 0.1-0.3, value loss
+# weight and shared trunk worth searching). IMPALA and APPO keep RLlib's gradient clip of 40
+# (Espeholt et al. 2018) at the top of their range.
+
+PG_NETWORK: Space = {
+    "gamma": Uniform(0.9, 0.999),
+    "fcnet_hiddens": Choice(tuple(NETWORKS)),
+    "head_fcnet_hiddens": Choice(tuple(HEADS)),
+    "vf_share_layers": Choice((False, True)),
+}
+"""What every policy-gradient search shares: discount, network sizes, and whether the value
+function shares the policy's hidden layers."""
+
+PPO_SPACE: Space = {
+    "ppo.lr": Uniform(1e-5, 2e-3, log=True),
+    "ppo.entropy_coeff": Uniform(1e-4, 0.1, log=True),
+    "ppo.clip_param": Uniform(0.1, 0.4),
+    "ppo.num_epochs": Choice((1, 3, 5, 10)),
+    # Every minibatch choice fits in every batch choice (RLlib refuses a minibatch > batch).
+    "ppo.minibatch_size": Choice((32, 64, 128, 256)),
+    "ppo.train_batch_size": Choice((512, 1024, 2048, 4096)),
+    "ppo.gae_lambda": Uniform(0.9, 1.0),
+    "ppo.vf_loss_coeff": Uniform(0.25, 1.0),
+    "ppo.grad_clip": Uniform(0.3, 2.0),
+    **PG_NETWORK,
+}
+"""PPO options searched (`RLOptions.ppo`, plus the shared discount and network)."""
+
+
+def _actor_critic_space(algo: str, clip: bool) -> dict[str, Dimension]:
+    """IMPALA's and APPO's searched options (`RLOptions.impala` / `.appo`): the same ranges, and
+    APPO's clipping of the probability ratio (its RLlib default, 0.4, at the top)."""
+    space: dict[str, Dimension] = {
+        f"{algo}.lr": Uniform(1e-5, 2e-3, log=True),
+        f"{algo}.entropy_coeff": Uniform(1e-4, 0.1, log=True),
+        f"{algo}.vf_loss_coeff": Uniform(0.25, 1.0),
+        # Multiples of rollout_fragment_length x num_envs_per_env_runner (32 x 4 = 128 by
+        # default), so that whole sampling rounds tile each batch.
+        f"{algo}.train_batch_size": Choice((256, 512, 1024, 2048)),
+        f"{algo}.grad_clip": Uniform(0.5, 40.0, log=True),
+    }
+    if clip:
+        space[f"{algo}.clip_param"] = Uniform(0.1, 0.4)
+    return {**space, **PG_NETWORK}
+
+
+APPO_SPACE: Space = _actor_critic_space("appo", clip=True)
+"""APPO options searched (`RLOptions.appo`, plus the shared discount and network)."""
+
+IMPALA_SPACE: Space = _actor_critic_space("impala", clip=False)
+"""IMPALA options searched (`RLOptions.impala`, plus the shared discount and network)."""
+
+RL_SPACES: dict[str, Space] = {
+    "dqn": RL_SPACE,
+    "ppo": PPO_SPACE,
+    "appo": APPO_SPACE,
+    "impala": IMPALA_SPACE,
+}
+"""The search space of each `RLOptions.algo`."""
+
+PBT_MUTABLES: dict[str, tuple[str, ...]] = {
+    "dqn": PBT_MUTABLE,
+    "ppo": ("ppo.lr", "ppo.entropy_coeff", "ppo.clip_param", "ppo.vf_loss_coeff"),
+    "appo": ("appo.lr", "appo.entropy_coeff", "appo.clip_param", "appo.vf_loss_coeff"),
+    "impala": ("impala.lr", "impala.entropy_coeff", "impala.vf_loss_coeff"),
+}
+"""What PBT may change in a running trial, per algorithm: loss weights and the learning rate
+only (batch sizes, epochs and networks stay: a checkpoint's weights fit only their network)."""
+
 
 # -- turning a space into a search ---------------------------------------------------------------
 
@@ -225,7 +300,8 @@ def clip_to_space(config: dict[str, Any], space: Space = RL_SPACE) -> dict[str, 
     """`config` with each value of a `Uniform`/`Integer` dimension clipped into its range.
 
     Population-based training perturbs by multiplying (x0.8, x1.2) with no bounds, which would
-    give gamma > 1 or replay beta > 1; this is its `custom_explore_fn`.
+    give gamma > 1, replay beta > 1 or a PPO clip above the searched range; this (with the
+    search's space bound) is its `custom_explore_fn`.
     """
     for name, dimension in space.items():
         if name in config and isinstance(dimension, Uniform | Integer):
