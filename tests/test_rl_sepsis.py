@@ -66,6 +66,27 @@ def test_default_env_is_sepsis_on_the_training_split() -> None:
     assert env.unwrapped._cohort.split == "train"
 
 
+def test_reward_scale_scales_the_training_rewards_only() -> None:
+    """`reward_scale` multiplies every reward the training env runners see, step by step on the
+    same patient and actions; the evaluation env keeps the env's own rewards."""
+    plain = RLOptions(seed=3)
+    scaled = RLOptions(seed=3, reward_scale=0.1)
+    assert evaluation_env_config_of(scaled)["reward_scale"] == 1.0
+    rewards = []
+    for options in (plain, scaled):
+        env = make_env(env_config_of(options))
+        env.reset(seed=5)
+        got = []
+        for _ in range(30):
+            _, reward, terminated, truncated, _ = env.step(1)
+            got.append(reward)
+            if terminated or truncated:
+                break
+        rewards.append(np.array(got))
+    assert len(rewards[0]) == len(rewards[1]) and np.any(rewards[0] != 0)
+    np.testing.assert_allclose(rewards[1], 0.1 * rewards[0], rtol=1e-6)
+
+
 def test_best_checkpoint_is_chosen_on_fixed_paired_validation_episodes(checkpoint: Path) -> None:
     """The evaluation return that picked `best` is the mean return of its greedy policy on the
     same validation episodes, replayed here one by one, and its difference to the protocol is

@@ -77,6 +77,9 @@ def make_env(env_config: dict[str, Any]) -> gym.Env:
     env = make_raw_env(env_config)
     if env_config.get("normalize_obs", True):
         env = BoxNormalization(env)
+    scale = env_config.get("reward_scale", 1.0)
+    if scale != 1.0:
+        env = gym.wrappers.TransformReward(env, lambda reward: scale * reward)
     return env
 
 
@@ -86,6 +89,7 @@ def env_config_of(options: RLOptions) -> dict[str, Any]:
         "env_id": options.env,
         "env_kwargs": resolved_env_kwargs(options),
         "normalize_obs": options.normalize_obs,
+        "reward_scale": options.reward_scale,
     }
 
 
@@ -98,7 +102,7 @@ def register_env() -> None:
 
 def evaluation_env_config_of(options: RLOptions) -> dict[str, Any]:
     """The `env_config` of the greedy evaluation during training (validation patients)."""
-    config = env_config_of(options)
+    config = {**env_config_of(options), "reward_scale": 1.0}
     if options.evaluation_split is not None and "split" in config["env_kwargs"]:
         config["env_kwargs"]["split"] = options.evaluation_split
     return config

@@ -179,6 +179,11 @@ class RLOptions:
     """Keyword arguments for `gymnasium.make` (None: SepsisEnv on the train split, else none)."""
     normalize_obs: bool = True
     """Map each bounded observation coordinate affinely from its Box bounds onto [-1, 1]."""
+    reward_scale: PositiveFloat = 1.0
+    """Multiply the rewards the learner trains on by this (the training env runners only): for
+    IMPALA and APPO, whose V-trace advantages are not standardised, on SepsisEnv's +-15 outcomes.
+    Validation and test evaluations use the env's own rewards; the returns of the training
+    episodes (`episode_return_mean` in metrics.csv) are scaled."""
     seed: NonNegativeInt = 0
     """The run's one seed: env runners, network initialisation, evaluation episodes."""
 
