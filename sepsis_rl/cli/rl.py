@@ -1,5 +1,5 @@
 """`sepsis-rl train | evaluate | recommend`: the command-line layer of the RL agents (DQN, PPO,
-APPO, IMPALA).
+APPO, IMPALA; offline, from logs: BC, MARWIL, CQL).
 
 Only this module prints and chooses exit codes; the work is done in `training.rl`.
 """
@@ -30,8 +30,9 @@ AlgoOpt = Annotated[
     str | None,
     typer.Option(
         "--algo",
-        help="dqn | ppo | appo | impala. train: the algorithm (default: the config's, else dqn); "
-        "evaluate, recommend: refuse a checkpoint of another algorithm.",
+        help="dqn | ppo | appo | impala; with train --offline: bc | marwil | cql. train: the "
+        "algorithm (default: the config's, else dqn); evaluate, recommend: refuse a checkpoint "
+        "of another algorithm.",
     ),
 ]
 
@@ -61,12 +62,41 @@ def train_cmd(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS or local).")
     ] = None,
+    offline: Annotated[
+        Path | None,
+        typer.Option(
+            "--offline",
+            help="Learn from this logs folder only (`sepsis-rl logs`), with --algo bc, marwil "
+            "or cql; never acts in the env.",
+        ),
+    ] = None,
 ) -> None:
     """Train a treatment policy on Ray RLlib: Dueling Double DQN with prioritized replay (the
-    default), PPO, APPO or IMPALA."""
-    from training.rl.options import load_options
+    default), PPO, APPO or IMPALA; or, from logged decisions (--offline LOGS), behaviour cloning,
+    MARWIL or discrete CQL."""
+    from training.rl.options import OFFLINE_ALGORITHMS, is_offline, load_options
     from training.rl.run_dir import load_run_options
     from training.rl.train import TrainingInterrupted, train
+
+    if offline is not None:
+        online_only = {
+            "--resume": resume or None,
+            "--env": env,
+            "--episodes": episodes,
+            "--env-steps": env_steps,
+            "--num-env-runners": num_env_runners,
+            "--sync-to": sync_to,
+            "--address": address,
+        }
+        given_online = [flag for flag, value in online_only.items() if value is not None]
+        if given_online:
+            raise fail(
+                f"train --offline does not take {', '.join(given_online)}: the env is the one "
+                "the logs name, the budget is --time-budget or --set <algo>={iterations: N}, "
+                "the learner runs in this process (no Ray cluster), and an offline run cannot "
+                "be resumed (train again)"
+            )
+        return train_offline_cmd(offline, algo, config, out, time_budget, seed, set_)
 
     check_out_folder(out)
     overrides: dict[str, Any] = parse_sets(set_)
@@ -97,6 +127,12 @@ def train_cmd(
                 setattr(options, key, None)
     except (ValueError, FileNotFoundError, TypeError) as err:
         raise fail(str(err)) from err
+    if is_offline(options.algo):
+        raise fail(
+            f"--algo {options.algo} learns from logged decisions: pass --offline LOGS_DIR (a "
+            f"folder written by `sepsis-rl logs`); online training offers the other algorithms, "
+            f"not {', '.join(OFFLINE_ALGORITHMS)}"
+        )
 
     console.print(
         f"training {options.algo.upper()} on [bold]{options.env}[/bold] -> {out} "
@@ -153,6 +189,83 @@ def train_cmd(
     console.print(f"last checkpoint: {result.last_checkpoint}")
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
+
+
+def train_offline_cmd(
+    logs: Path,
+    algo: str | None,
+    config: Path | None,
+    out: Path,
+    time_budget: float | None,
+    seed: int | None,
+    set_: list[str] | None,
+) -> None:
+    """`train --offline LOGS`: check the options and the logs before any work (exit 2, no run
+    folder), then train BC, MARWIL or CQL on the logs' train stays."""
+    from training.rl.offline.data import LogsError
+    from training.rl.offline.train import load_offline_data, train_offline
+    from training.rl.options import OFFLINE_ALGORITHMS, is_offline, load_options
+    from training.rl.train import INTERRUPTED
+
+    check_out_folder(out)
+    overrides: dict[str, Any] = parse_sets(set_)
+    given = {"algo": algo, "seed": seed, "time_budget_s": time_budget}
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    try:
+        options = load_options(config, overrides)
+        if not is_offline(options.algo):
+            raise ValueError(
+                f"train --offline learns with --algo {' | '.join(OFFLINE_ALGORITHMS)}, not "
+                f"{options.algo}" + ("" if algo is not None else " (pass --algo)")
+            )
+        options, data = load_offline_data(logs, options)
+    except (LogsError, ValueError, FileNotFoundError, TypeError) as err:
+        raise fail(str(err)) from None
+    own = getattr(options, options.algo)
+    console.print(
+        f"training {options.algo.upper()} offline on {logs} ({data.stays['train']} train stays, "
+        f"{data.stays['val']} validation stays; env {options.env}) -> {out} "
+        f"(budget: iterations={own.iterations}, time={options.time_budget_s}s)"
+    )
+    console.print(
+        "val loss: negative log-likelihood of the logged actions (bc, marwil) or TD loss (cql) "
+        "on the validation stays (selects checkpoints/best); agree: greedy action = logged one",
+        style="dim",
+    )
+    console.print(
+        f"{'iter':>5} {'updates':>8} {'time s':>7} {'loss':>9} {'val loss':>9} {'agree':>6}",
+        style="bold",
+        soft_wrap=True,
+    )
+
+    def show(row: dict[str, Any]) -> None:
+        console.print(
+            f"{row['iteration']:>5} {row['updates']:>8} {row['time_s']:>7.1f} "
+            f"{_fmt(row['loss'], 4):>9} {_fmt(row['val_loss'], 4):>9} "
+            f"{_fmt(row['val_agreement'], 3):>6}",
+            soft_wrap=True,
+        )
+
+    try:
+        run = train_offline(logs, options, out, data=data, on_iteration=show)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"[yellow]interrupted[/]: {out} keeps its checkpoints written so far", highlight=False
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError, ConnectionError) as err:
+        raise fail(str(err)) from None
+    summary = json.loads((run / "summary.json").read_text())
+    console.print(
+        f"stopped: {summary['stop_reason']} after {summary['iterations']} iterations "
+        f"({summary['updates']} updates), {summary['elapsed_s']:.0f} s; best val loss "
+        f"{_fmt(summary['best_val_loss'], 4)} at iteration {summary['best_iteration']} "
+        f"(agreement {_fmt(summary['best_val_agreement'], 3)})"
+    )
+    console.print(f"last checkpoint: {summary['last_checkpoint']}")
+    console.print(f"best checkpoint: {summary['best_checkpoint']}")
+    if summary["stop_reason"].startswith(INTERRUPTED):
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _ci_table(title: str, by_policy: dict) -> Table:

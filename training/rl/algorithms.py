@@ -24,7 +24,13 @@ BUILDERS: dict[str, Callable[[RLOptions], Any]] = {
 
 
 def build_config(options: RLOptions) -> Any:
-    """The RLlib `AlgorithmConfig` of `options.algo`."""
+    """The RLlib `AlgorithmConfig` of `options.algo` (an online algorithm: the offline ones,
+    which learn from logs, are built by `training.rl.offline.train.build_offline_config`)."""
+    if options.algo not in BUILDERS:
+        raise ValueError(
+            f"algo {options.algo!r} learns from logged episodes, not from an env: train it with "
+            f"`sepsis-rl train --offline LOGS_DIR --algo {options.algo}`"
+        )
     return BUILDERS[options.algo](options)
 
 

@@ -4,10 +4,11 @@
 evaluation, budgets) and DQN's own options at the top level (DQN is the default algorithm, and
 older configs and checkpoints keep working); the policy-gradient algorithms' own options are
 nested dataclasses, `ppo:`, `appo:` and `impala:` (`PPOOptions`, `APPOOptions`,
-`IMPALAOptions`). A config file (YAML or JSON) holds any subset of the fields, the command line
-overrides it, and the effective options are written next to the run as `config.yaml` and into
-every checkpoint (so a checkpoint says which algorithm made it). `training.rl.algorithms` turns
-them into RLlib's config.
+`IMPALAOptions`), and so are the offline algorithms' (`bc:`, `marwil:`, `cql:`). A config
+file (YAML or JSON) holds any subset of the fields, the command line overrides it, and the
+effective options are written next to the run as `config.yaml` and into every checkpoint (so a
+checkpoint says which algorithm made it). `training.rl.algorithms` turns them into RLlib's
+config (`training.rl.offline.train` for the offline algorithms).
 """
 
 from __future__ import annotations
@@ -54,13 +55,20 @@ Activation = Literal["relu", "tanh", "elu", "swish", "silu", "linear"]
 
 
 ALGORITHMS = ("dqn", "ppo", "appo", "impala")
-"""The algorithms `sepsis-rl train --algo` offers (`training.rl.algorithms.BUILDERS`)."""
-Algorithm = Literal["dqn", "ppo", "appo", "impala"]
+"""The online algorithms `sepsis-rl train --algo` offers (`training.rl.algorithms.BUILDERS`):
+they learn by acting in the env."""
+OFFLINE_ALGORITHMS = ("bc", "marwil", "cql")
+"""The algorithms `sepsis-rl train --offline LOGS --algo` offers (`training.rl.offline.train`):
+they learn from logged decisions only and never act in the env while training."""
+Algorithm = Literal["dqn", "ppo", "appo", "impala", "bc", "marwil", "cql"]
 ALGORITHM_NAMES = {
     "dqn": "Dueling Double DQN with prioritized replay",
     "ppo": "PPO",
     "appo": "APPO",
     "impala": "IMPALA",
+    "bc": "behaviour cloning",
+    "marwil": "MARWIL (Monte-Carlo returns)",
+    "cql": "discrete CQL (conservative double DQN)",
 }
 """How each algorithm is called in messages and reports."""
 
@@ -157,12 +165,78 @@ class APPOOptions:
     """Target update mix: 1.0 copies the online weights."""
 
 
+@options_dataclass
+class BCOptions:
+    """Behaviour cloning's own options (RLlib's `BCConfig`: maximise the likelihood of the
+    logged actions); offline training reads the network from `RLOptions` (`fcnet_hiddens`,
+    `head_fcnet_hiddens`), the evaluation interval (`evaluation_interval`, in iterations) and the
+    wall-time cap (`time_budget_s`)."""
+
+    lr: PositiveFloat = 1e-3
+    """Adam learning rate."""
+    train_batch_size: PositiveInt = 256
+    """Logged transitions per gradient step (drawn uniformly from the training stays)."""
+    updates_per_iteration: PositiveInt = 100
+    """Gradient steps per training iteration."""
+    iterations: PositiveInt = 50
+    """Training iterations of the run (the budget of offline training)."""
+
+
+@options_dataclass
+class MARWILOptions:
+    """MARWIL's own options (RLlib's `MARWILConfig`: behaviour cloning weighted by
+    exp(beta * advantage / its running RMS), Wang et al. 2018). The value targets are the logged
+    stays' Monte-Carlo returns, discounted with `RLOptions.gamma`. Shared options as for BC."""
+
+    lr: PositiveFloat = 1e-3
+    """Adam learning rate."""
+    train_batch_size: PositiveInt = 256
+    """Logged transitions per gradient step (drawn uniformly from the training stays)."""
+    updates_per_iteration: PositiveInt = 100
+    """Gradient steps per training iteration."""
+    iterations: PositiveInt = 50
+    """Training iterations of the run (the budget of offline training)."""
+    beta: Fraction = 1.0
+    """Advantage weighting (0: plain behaviour cloning)."""
+    vf_coeff: NonNegativeFloat = 1.0
+    """Weight of the value-function loss."""
+    moving_average_sqd_adv_norm_start: PositiveFloat = 100.0
+    """Starting value of the running mean of squared advantages (RLlib's default)."""
+    moving_average_sqd_adv_norm_update_rate: Annotated[float, Field(gt=0, le=1)] = 1e-8
+    """Update rate of that running mean (RLlib's default 1e-8 keeps it at its start value)."""
+
+
+@options_dataclass
+class CQLOptions:
+    """Discrete CQL's own options (Kumar et al. 2020, CQL(H)): RLlib's double-DQN loss on
+    logged transitions plus alpha * mean(logsumexp_a Q(s, a) - Q(s, a_logged)). The network and
+    `dueling`, `double_q`, `gamma`, `tau` and `grad_clip` are DQN's (the top-level options); the
+    TD targets are one-step. Shared options as for BC."""
+
+    lr: PositiveFloat = 5e-4
+    """Adam learning rate."""
+    train_batch_size: PositiveInt = 128
+    """Logged transitions per gradient step (drawn uniformly from the training stays)."""
+    updates_per_iteration: PositiveInt = 100
+    """Gradient steps per training iteration."""
+    iterations: PositiveInt = 50
+    """Training iterations of the run (the budget of offline training)."""
+    cql_alpha: NonNegativeFloat = 0.1
+    """Weight of the conservative penalty (0: plain offline double DQN); with rewards of order
+    1, larger values inflated Q(s, a_logged) well above the true values in our trials."""
+    target_network_update_freq: PositiveInt = 2000
+    """Transitions trained on between target-network updates."""
+
+
 ALGORITHM_OPTIONS: dict[str, type] = {
     "ppo": PPOOptions,
     "appo": APPOOptions,
     "impala": IMPALAOptions,
+    "bc": BCOptions,
+    "marwil": MARWILOptions,
+    "cql": CQLOptions,
 }
-"""The nested options class of each policy-gradient algorithm, by its `RLOptions` field."""
+"""The nested options class of each algorithm that has one, by its `RLOptions` field."""
 
 
 @options_dataclass
@@ -170,7 +244,8 @@ class RLOptions:
     """Every option of an RL run; the field list is the documentation."""
 
     algo: Algorithm = "dqn"
-    """Algorithm: dqn (Dueling Double DQN with prioritized replay), ppo, appo or impala."""
+    """Algorithm: dqn (Dueling Double DQN with prioritized replay), ppo, appo or impala; offline
+    (from logs, `train --offline`): bc, marwil or cql."""
 
     # Environment
     env: str = SEPSIS_ENV_ID
@@ -204,6 +279,12 @@ class RLOptions:
     """APPO's own options (used with `algo: appo`)."""
     impala: IMPALAOptions = field(default_factory=IMPALAOptions)
     """IMPALA's own options (used with `algo: impala`)."""
+    bc: BCOptions = field(default_factory=BCOptions)
+    """Behaviour cloning's own options (used with `algo: bc`, offline)."""
+    marwil: MARWILOptions = field(default_factory=MARWILOptions)
+    """MARWIL's own options (used with `algo: marwil`, offline)."""
+    cql: CQLOptions = field(default_factory=CQLOptions)
+    """Discrete CQL's own options (used with `algo: cql`, offline)."""
 
     # DQN
     dueling: bool = True
@@ -318,11 +399,11 @@ class RLOptions:
         check_env_id(env)
         return env
 
-    @field_validator("ppo", "appo", "impala", mode="before")
+    @field_validator("ppo", "appo", "impala", "bc", "marwil", "cql", mode="before")
     @classmethod
     def _algorithm_options_from_mapping(cls, value: Any, info: Any) -> Any:
-        """`ppo:`, `appo:` and `impala:` may be given as mappings of their fields (any subset:
-        the others keep their defaults)."""
+        """`ppo:`, `appo:`, `impala:`, `bc:`, `marwil:` and `cql:` may be given as mappings of
+        their fields (any subset: the others keep their defaults)."""
         if isinstance(value, Mapping):
             return build_options(ALGORITHM_OPTIONS[info.field_name], value)
         return value
@@ -344,6 +425,11 @@ class RLOptions:
     def to_dict(self) -> dict[str, Any]:
         """The options as plain data (what `config.yaml` holds)."""
         return dataclasses.asdict(self)
+
+
+def is_offline(algo: str) -> bool:
+    """Whether `algo` learns from logs (`train --offline`) rather than by acting in the env."""
+    return algo in OFFLINE_ALGORITHMS
 
 
 def option_names() -> list[str]:

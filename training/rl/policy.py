@@ -20,6 +20,9 @@ from training.rl.envs import make_raw_env, normalization_constants, normalize
 from training.rl.options import RLOptions, load_options, resolved_env_kwargs
 from training.rl.run_dir import MODULE_SUBDIR, OPTIONS_FILE, CheckpointError, verify_checkpoint
 
+Q_LEARNERS = ("dqn", "cql")
+"""The algorithms whose network gives Q-values (RLlib's DQN module); the others give logits."""
+
 
 class GreedyPolicy:
     """The greedy policy of a trained checkpoint, callable on one raw observation: argmax_a of
@@ -34,8 +37,8 @@ class GreedyPolicy:
 
     @property
     def has_q_values(self) -> bool:
-        """Whether the scores are Q-values (DQN) rather than logits of a policy."""
-        return self.options.algo == "dqn"
+        """Whether the scores are Q-values (DQN, CQL) rather than logits of a policy."""
+        return self.options.algo in Q_LEARNERS
 
     def prepare(self, observations: np.ndarray) -> np.ndarray:
         """Raw observations (env units) -> the network's input, as in training."""
@@ -85,6 +88,9 @@ MODULE_CLASSES = {
     "ppo": ("DefaultPPOTorchRLModule",),
     "impala": ("DefaultPPOTorchRLModule",),  # IMPALA trains RLlib's PPO module
     "appo": ("DefaultAPPOTorchRLModule",),
+    "bc": ("DefaultBCTorchRLModule",),
+    "marwil": ("DefaultPPOTorchRLModule",),  # MARWIL trains RLlib's PPO module (policy + value)
+    "cql": ("DefaultDQNTorchRLModule",),  # discrete CQL trains RLlib's DQN module
 }
 """The RLModule class each algorithm's checkpoint holds (RLlib's defaults)."""
 
