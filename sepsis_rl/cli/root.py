@@ -10,6 +10,8 @@ import typer
 
 from sepsis_rl.cli.classify import register as register_classify
 from sepsis_rl.cli.data import data_app
+from sepsis_rl.cli.offline_logs import logs_app
+from sepsis_rl.cli.offline_ope import register as register_ope
 from sepsis_rl.cli.rl import register as register_rl
 from sepsis_rl.cli.study import register as register_study
 from sepsis_rl.cli.tune import register as register_tuning
@@ -22,7 +24,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(logs_app, name="logs")
 register_rl(app)
 register_classify(app)
 register_tuning(app)
 register_study(app)
+register_ope(app)

@@ -38,6 +38,17 @@ COLUMNS = (STAY, STEP, OBS, ACTIONS, REWARDS, NEXT_OBS, TERMINATEDS, TRUNCATEDS)
 `new_obs`, not `next_obs`); `ACTION_LOGP` and `BEHAVIOUR_PROBS` are optional."""
 
 
+IMPORTED_ENV = "imported"
+"""`LogsInfo.env` of logs imported from a table (any env: only the sizes are checked)."""
+
+
+def mix_uniform(probs: np.ndarray, epsilon: float) -> np.ndarray:
+    """`(1 - epsilon) probs + epsilon / n_actions` row by row: the epsilon-mixture with uniform
+    (of a behaviour policy in the logs, or of a target policy in off-policy evaluation)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return (1.0 - epsilon) * probs + epsilon / probs.shape[-1]
+
+
 class LogsError(ValueError):
     """Logs that cannot be read or used: says which file and what is wrong."""
 
@@ -178,7 +189,11 @@ def read_logs(folder: Path) -> tuple[LoggedSteps, LogsInfo]:
         raise LogsError(f"{path}: missing column(s) {', '.join(missing)}")
 
     def matrix(name: str) -> np.ndarray:
-        return np.stack(table.column(name).to_numpy(zero_copy_only=False)).astype(np.float32)
+        column = table.column(name).combine_chunks()
+        if hasattr(column.type, "list_size"):  # fixed-size lists, as write_logs writes them
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            return flat.astype(np.float32).reshape(len(column), column.type.list_size)
+        return np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
 
     stay_names = table.column(STAY).to_numpy(zero_copy_only=False).astype(str)
     stay_ids, stay = np.unique(stay_names, return_inverse=True)
