@@ -457,7 +457,7 @@ def state_values(mdp: ICUSepsisMDP, policy: np.ndarray) -> np.ndarray:
     probs = policy_matrix(policy, mdp)
     P = np.matmul(probs[:, None, :], mdp.transitions)[:, 0, :]
     r = np.einsum("sa,sa->s", probs, mdp.mean_rewards)
-    reaches_end = _states_reaching(P, mdp.terminal)
+    reaches_end = states_reaching(P, mdp.terminal)
     stuck = ~reaches_end & ~mdp.terminal
     if np.any(np.abs(r[stuck]) > 0):
         raise ValueError(
@@ -470,7 +470,7 @@ def state_values(mdp: ICUSepsisMDP, policy: np.ndarray) -> np.ndarray:
     return values
 
 
-def _states_reaching(P: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def states_reaching(P: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """States from which `targets` are reached with positive probability under P."""
     reached = targets.copy()
     edges = P > 0

@@ -70,6 +70,17 @@ def shared_config(config: Any, options: RLOptions, rollout_fragment_length: int 
     )
 
 
+def q_network_model(options: RLOptions) -> Any:
+    """The Q network of DQN and of offline CQL: the shared hidden layers and the heads."""
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    return DefaultModelConfig(
+        fcnet_hiddens=list(options.fcnet_hiddens),
+        fcnet_activation=options.fcnet_activation,
+        head_fcnet_hiddens=list(options.head_fcnet_hiddens),
+    )
+
+
 def policy_gradient_model(options: RLOptions) -> Any:
     """The actor-critic network of PPO, APPO and IMPALA: the shared hidden layers, the policy
     and value heads, and whether the value function shares the hidden layers (explicit:

@@ -6,7 +6,7 @@ Trained by `training.rl.fast_dqn.FastDQN` on batches from the numpy prioritized 
 
 from __future__ import annotations
 
-from training.rl.config_parts import configure_learner_process, shared_config
+from training.rl.config_parts import configure_learner_process, q_network_model, shared_config
 from training.rl.options import RLOptions
 
 __all__ = ["build_dqn_config", "configure_learner_process"]
@@ -14,19 +14,11 @@ __all__ = ["build_dqn_config", "configure_learner_process"]
 
 def build_dqn_config(options: RLOptions):  # -> FastDQNConfig (import kept lazy: Ray is heavy)
     """The RLlib config of a DQN run: dueling double DQN with prioritized n-step replay."""
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
-
     from training.rl.fast_dqn import REPLAY_BUFFER_TYPE, FastDQNConfig
 
     return (
         shared_config(FastDQNConfig(), options, options.rollout_fragment_length)
-        .rl_module(
-            model_config=DefaultModelConfig(
-                fcnet_hiddens=list(options.fcnet_hiddens),
-                fcnet_activation=options.fcnet_activation,
-                head_fcnet_hiddens=list(options.head_fcnet_hiddens),
-            )
-        )
+        .rl_module(model_config=q_network_model(options))
         .training(
             dueling=options.dueling,
             double_q=options.double_q,

@@ -480,11 +480,13 @@ def tabular_fqe(
     moves = np.flatnonzero(bootstraps & (weights > 0))
     transition = np.zeros((n_states, n_states))
     np.add.at(transition, (states[moves], next_states[moves]), step_prob[moves])
+    from sepsis_env.icu_sepsis import states_reaching
+
     values = np.zeros(n_states)
     solve = (
         np.ones(n_states, dtype=bool)
         if gamma < 1
-        else _states_reaching(transition, transition.sum(axis=1) < 1 - 1e-9)
+        else states_reaching(transition, transition.sum(axis=1) < 1 - 1e-9)
     )
     system = np.eye(int(solve.sum())) - gamma * transition[np.ix_(solve, solve)]
     values[solve] = np.linalg.solve(system, (pi * reward).sum(axis=1)[solve])
@@ -503,17 +505,6 @@ def _on_logged_actions(pi: np.ndarray, count: np.ndarray) -> np.ndarray:
     total = count.sum(axis=1, keepdims=True)
     frequencies = count / np.where(total > 0, total, 1)
     return np.where(mass > 0, on_logged / np.where(mass > 0, mass, 1.0), frequencies)
-
-
-def _states_reaching(transition: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """States from which `targets` are reached with positive probability."""
-    reached = targets.copy()
-    edges = transition > 0
-    while True:
-        grown = reached | edges[:, reached].any(axis=1)
-        if np.array_equal(grown, reached):
-            return reached
-        reached = grown
 
 
 def mlp_fqe(

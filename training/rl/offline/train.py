@@ -233,7 +233,7 @@ def network_space(raw_space: gym.spaces.Box, options: RLOptions) -> gym.spaces.B
 
 def build_offline_config(options: RLOptions, raw_space: gym.spaces.Box, n_actions: int):
     """The RLlib config of an offline run of `options.algo` (bc, marwil, cql)."""
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from training.rl.config_parts import policy_gradient_model, q_network_model
 
     own = getattr(options, options.algo)
     if options.algo == "cql":
@@ -253,13 +253,8 @@ def build_offline_config(options: RLOptions, raw_space: gym.spaces.Box, n_action
             grad_clip=options.grad_clip,
             num_steps_sampled_before_learning_starts=0,
         )
-        model = DefaultModelConfig(
-            fcnet_hiddens=list(options.fcnet_hiddens),
-            fcnet_activation=options.fcnet_activation,
-            head_fcnet_hiddens=list(options.head_fcnet_hiddens),
-        )
+        model = q_network_model(options)
     else:
-        from training.rl.config_parts import policy_gradient_model
         from training.rl.offline.marwil import LoggedBCConfig, LoggedMARWILConfig
 
         if options.algo == "bc":
