@@ -117,6 +117,61 @@ def train_online_dqn(env: str, out: Path, budget_s: float, seed: int) -> Path:
     return out / "checkpoints" / "best"
 
 
+# --- What the logs allow (ICU-Sepsis) -------------------------------------------------------------
+CEILING_MIN_VISITS = (1, 5, 10, 20, 50)
+"""Least visits of a logged (state, action) pair for the count-model policies to use it."""
+
+
+def icu_data_ceiling(steps, info) -> dict[str, Any]:
+    """How far any offline policy learned from these stays can get, two ways, by exact value.
+
+    (1) The count model: P-hat and r-hat from the logged (state, action) pairs, value iteration
+    over the pairs logged at least k times, k in `CEILING_MIN_VISITS`, and the best k chosen with
+    the exact truth (which no offline method has): an optimistic bound for model-based offline
+    RL on these logs. (2) The true dynamics restricted to the same pairs: what a learner with
+    perfect estimates of what it saw could reach."""
+    from sepsis_env import icu_sepsis
+    from training.rl.offline.ope import state_of_observation
+
+    strategy = info.env_kwargs.get(
+        "inadmissible_action_strategy", icu_sepsis.DEFAULT_INADMISSIBLE_STRATEGY
+    )
+    mdp = icu_sepsis.ICUSepsisMDP.from_package(strategy)
+    table = icu_sepsis.observation_table(info.env_kwargs.get("observation", "onehot"))
+    n_s, n_a = mdp.num_states, mdp.num_actions
+    s = state_of_observation(steps.obs, table)
+    s2 = state_of_observation(steps.next_obs, table)
+    a, ended = steps.actions, steps.terminated
+    count = np.zeros((n_s, n_a))
+    np.add.at(count, (s, a), 1.0)
+    reward = np.zeros((n_s, n_a))
+    np.add.at(reward, (s, a), steps.rewards)
+    moves = np.zeros((n_s, n_a, n_s))
+    np.add.at(moves, (s[~ended], a[~ended], s2[~ended]), 1.0)
+    seen = np.maximum(count, 1.0)
+    fallback = icu_sepsis.expert_policy(mdp).argmax(axis=1)
+
+    def greedy(expected: np.ndarray, flat: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        has = allowed.any(axis=1) & ~mdp.terminal
+        values = np.zeros(n_s)
+        for _ in range(20_000):
+            q = expected + (flat @ values).reshape(n_s, n_a)
+            new = np.where(has, np.where(allowed, q, -np.inf).max(axis=1), 0.0)
+            if np.max(np.abs(new - values)) < 1e-10:
+                break
+            values = new
+        return np.where(has, np.argmax(np.where(allowed, q, -np.inf), axis=1), fallback)
+
+    model, oracle = {}, {}
+    for k in CEILING_MIN_VISITS:
+        allowed = count >= k
+        flat_hat = (moves / seen[..., None]).reshape(-1, n_s)
+        model[k] = icu_sepsis.policy_value(mdp, greedy(reward / seen, flat_hat, allowed))
+        flat_true = mdp.transitions.reshape(-1, n_s)
+        oracle[k] = icu_sepsis.policy_value(mdp, greedy(mdp.mean_rewards, flat_true, allowed))
+    return {"stays": int(steps.n_stays), "count_model": model, "true_dynamics": oracle}
+
+
 # --- Targets and their truth ----------------------------------------------------------------------
 def icu_targets(info, checkpoints: dict[str, Path]) -> list[Target]:
     """ICU-Sepsis targets over the 25 package actions, each with its exact value."""
@@ -212,6 +267,12 @@ def run_env(args: argparse.Namespace, env: str, rows: list[dict[str, Any]]) -> d
     checkpoints = train_offline_policies(
         train_dir, folder / "offline", env, args.offline_iterations, args.seed
     )
+    ceiling = None
+    if env == ICU_SEPSIS:
+        from training.rl.offline.data import split_stays
+
+        train_stays = split_stays(steps.n_stays, args.seed)["train"]
+        ceiling = icu_data_ceiling(steps.select_stays(train_stays), info)
     checkpoints["online DQN"] = (
         Path(args.icu_dqn if env == ICU_SEPSIS else args.sepsis_dqn)
         if (args.icu_dqn if env == ICU_SEPSIS else args.sepsis_dqn)
@@ -223,7 +284,10 @@ def run_env(args: argparse.Namespace, env: str, rows: list[dict[str, Any]]) -> d
     start = time.monotonic()
     for (size, rep), (steps, info) in logs.items():
         for target in targets:
-            report = evaluate_offline(steps, info, target.probs, bootstrap=args.bootstrap, seed=rep)
+            report = evaluate_offline(
+                steps, info, target.probs, bootstrap=args.bootstrap, seed=rep,
+                refit_fqe=args.refit_fqe and env == ICU_SEPSIS,
+            )  # fmt: skip
             for name, est in report.estimates.items():
                 rows.append({
                     "env": env, "size": size, "rep": rep, "target": target.name,
@@ -238,6 +302,7 @@ def run_env(args: argparse.Namespace, env: str, rows: list[dict[str, Any]]) -> d
     return {
         "targets": {t.name: [t.truth, t.truth_low, t.truth_high] for t in targets},
         "offline": {a: str(c) for a, c in checkpoints.items()},
+        "ceiling": ceiling,
     }
 
 
@@ -300,6 +365,16 @@ def verdicts(summary, envs) -> None:
                   + ", ".join(f"{a} {v:.4f}" for a, v in offline.items())
                   + f" (clinicians 0.7818, optimal 0.8751): best {best} {offline[best]:.4f}, "
                   f"target >= {OFFLINE_GOAL}: {verdict}")  # fmt: skip
+        ceiling = icu.get("ceiling")
+        if ceiling:
+            model, oracle = ceiling["count_model"], ceiling["true_dynamics"]
+            best_k = max(model, key=model.get)
+            by_k = ", ".join(f"k={k} {v:.4f}" for k, v in model.items())
+            print(f"   what the {ceiling['stays']:,} training stays allow: count-model policy "
+                  f"(pairs logged >= k times) {by_k}; best {model[best_k]:.4f} "
+                  "(k chosen with the truth: an optimistic bound)")  # fmt: skip
+            print("   the true dynamics restricted to the same pairs: "
+                  + ", ".join(f"k={k} {v:.4f}" for k, v in oracle.items()))  # fmt: skip
     for env in envs:
         largest = max(s["size"] for s in summary if s["env"] == env)
         good = [s for s in summary if s["env"] == env and s["size"] == largest
@@ -318,6 +393,8 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=0.0, help="uniform mixed into logs")
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--offline-iterations", type=int, default=50)
+    parser.add_argument("--refit-fqe", action=argparse.BooleanOptionalAction, default=True,
+                        help="ICU-Sepsis: refit FQE in every resample")  # fmt: skip
     parser.add_argument("--dqn-budget-s", type=float, default=240.0)
     parser.add_argument("--icu-dqn", help="an ICU-Sepsis DQN checkpoint (else one is trained)")
     parser.add_argument("--sepsis-dqn", help="a SepsisEnv DQN checkpoint (else one is trained)")
