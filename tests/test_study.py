@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ TINY = {
     "rl": {"episodes": None, "time_budget_s": 15, "evaluation_interval": 0,
            "num_env_runners": 1, "num_cpus_per_env_runner": 0.5},
     "evaluation_episodes": 300,
+    "offline": {"stays": 500, "iterations": 2, "bootstrap": 100, "fqe_iterations": 30},
 }  # fmt: skip
 
 SECTIONS = (
@@ -34,6 +36,7 @@ SECTIONS = (
     "The learned policy against clinical baselines",
     "By age group",
     "Vitals under each policy, and treatment use",
+    "Offline RL and off-policy evaluation",
     "Exact settings and versions",
 )
 
@@ -81,7 +84,7 @@ def _table(section: str, caption: str) -> list[str]:
 @pytest.mark.slow
 def test_quick_report_holds_every_section_with_real_numbers(study):
     out, output, _ = study
-    assert "stages run: raw, prepared, classify, rl, evaluation; reused: none" in output
+    assert "stages run: raw, prepared, classify, rl, evaluation, offline; reused: none" in output
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
     sections = {}
@@ -123,6 +126,7 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
         for row in rows:
             assert re.search(rf"\| {SIGNED_CI} \| {VERDICT_WORD} \| {POINTS_CI} \| ", row), row
     assert re.search(r"\d+ h \[\d+, \d+\] \(\d+% of ICU time\)", sections[SECTIONS[8]])
+    _check_offline_section(out, sections["Offline RL and off-policy evaluation"])
     settings = sections["Exact settings and versions"]
     assert re.search(r"ray 2\.60\.\d+", settings) and "| `evaluation/` |" in settings
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
@@ -133,12 +137,54 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
         "overall", "18-40", "41-65", "66+"}  # fmt: skip
 
 
+ESTIMATORS = ("IS", "PDIS", "WIS", "WPDIS", "FQE", "DR", "WDR")
+ESTIMATE_ROW = (
+    r"\| {name} \| -?\d+\.\d\d \| \[-?\d+\.\d\d, -?\d+\.\d\d\] \| (yes|\*\*no\*\*) \| {ess} \|"
+)
+"""A row of the offline section's table: estimator | estimate | interval | covers? | ESS."""
+
+
+def _check_offline_section(out: Path, section: str) -> None:
+    """The offline section: what was logged, the policy, every estimator with a finite estimate,
+    interval and ESS beside the simulated truth, and the reading; results.json agrees."""
+    assert re.search(r"\*\*What was logged\.\*\* 2,000 stays \([\d,]+ decisions\)", section)
+    assert "1,400 train / 300 validation / 300 test" in section
+    assert "Discrete CQL (conservative double DQN) trained offline" in section
+    for name in ESTIMATORS:
+        ess = "-" if name == "FQE" else r"\d+ of 300"
+        assert re.search(ESTIMATE_ROW.format(name=name, ess=ess), section), name
+    assert re.search(r"\| Learned offline \(CQL, greedy\) \| " + NUMBER_CI + r" \| " + NUMBER_CI,
+                     section)  # fmt: skip
+    assert re.search(r"\*\*Reading\.\*\* \d of 7 estimators' intervals hold", section)
+    verdict = r"(better than|worse than|not detectably different from) the clinician protocol"
+    assert re.search(rf"the learned policy is {verdict} \(paired", section.replace("*", ""))
+
+    results = json.loads((out / "offline" / "results.json").read_text())
+    assert results["logs"]["behaviour"] == "clinicians"
+    assert results["logs"]["split"] == {"train": 1400, "val": 300, "test": 300}
+    assert results["ope"]["n_stays"] == 300 and 1 <= results["ope"]["ess"] <= 300
+    for estimate in results["ope"]["estimates"].values():
+        values = [estimate["value"], estimate["ci_low"], estimate["ci_high"]]
+        assert all(v is not None and math.isfinite(v) for v in values), estimate
+        assert estimate["ci_low"] <= estimate["ci_high"]
+    for where in ("logs_patients", "test_patients"):
+        truth = results["truth"][where]
+        assert truth["episodes"] == 2000
+        for value in truth["values"].values():
+            assert value["ci_low"] < value["value"] < value["ci_high"]
+    assert results["truth"]["test_patients"]["patients"] == "test"
+    assert set(results["covers"]) == {*ESTIMATORS, "logged"}
+    table = (out / "offline" / "ope.csv").read_text().splitlines()
+    assert table[0].startswith("estimator,estimate,ci_low,ci_high,ess,") and len(table) == 9
+    assert (out / "offline" / "policy" / "checkpoints" / "best").is_dir()
+
+
 @pytest.mark.slow
 def test_rerun_skips_finished_stages(study):
     out, _, tmp = study
     before = (out / "classify" / "metrics.json").stat().st_mtime_ns
     output = _run(out, None, tmp)
-    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation" in output
+    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation, offline" in output
     assert (out / "classify" / "metrics.json").stat().st_mtime_ns == before
 
     # Shared storage (s3://, gs://, ...): file:// stands in for it here.
@@ -152,16 +198,20 @@ def test_rerun_skips_finished_stages(study):
     moved = tmp / "moved"
     shutil.copytree(out, moved)
     output = _run(moved, None, tmp)
-    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation" in output
+    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation, offline" in output
 
 
 @pytest.mark.slow
 def test_changed_classifier_settings_rerun_only_the_classifiers(study):
     out, _, tmp = study
     rl_before = (out / "rl" / "stage.json").read_text()
-    output = _run(out, {"classify": {"n_boot": 200}}, tmp, "classify.yaml")
-    assert "stages run: classify; reused: raw, prepared, rl, evaluation" in output
+    # The offline section turned off too: it neither runs nor shows, and keeps its folder.
+    config = {"classify": {"n_boot": 200}, "offline": {"enabled": False}}
+    output = _run(out, config, tmp, "classify.yaml")
+    assert "stages run: classify; reused: raw, prepared, rl, evaluation\n" in output
     assert (out / "rl" / "stage.json").read_text() == rl_before
+    assert "Offline RL" not in (out / "report.md").read_text()
+    assert (out / "offline" / "results.json").is_file()
     metrics = json.loads((out / "classify" / "metrics.json").read_text())
     assert metrics["config"]["n_boot"] == 200
 
@@ -177,7 +227,9 @@ def test_changed_rl_settings_rerun_only_rl_and_evaluation(study):
         "evaluation_episodes": 500,  # evaluation reruns after any RL change; keep it short
     }
     output = _run(out, changed, tmp, "changed.yaml")
-    assert "stages run: rl, evaluation; reused: raw, prepared, classify" in output
+    # The offline section, on again, is reused: it reads the cohort, not the RL stage.
+    assert "stages run: rl, evaluation; reused: raw, prepared, classify, offline" in output
+    assert "## Offline RL and off-policy evaluation" in (out / "report.md").read_text()
     assert (out / "prepared" / "features.parquet").stat().st_mtime_ns == prepared_before
     assert yaml.safe_load((out / "rl" / "config.yaml").read_text())["lr"] == 1e-3
 
@@ -188,6 +240,28 @@ def test_bad_config_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o"), "--config", str(path)])
     assert result.exit_code == 2
     assert "unknown option(s) ['patiens']" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("offline", "messages"),
+    [
+        (
+            {"stays": 5, "algo": "dqn"},
+            ["offline.stays = 5: expected an integer >= 20",
+             "offline.algo = 'dqn': expected one of 'bc', 'marwil', 'cql'"],
+        ),
+        ({"rl": {"cql": {"cql_alpha": -1}}}, ["offline.rl.cql.cql_alpha = -1: expected a number"]),
+    ],
+)  # fmt: skip
+def test_bad_offline_options_are_reported_before_any_stage(tmp_path, offline, messages):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"offline": offline}))
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o"), "--config", str(path)])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())  # the console wraps long lines
+    for message in messages:
+        assert message in output
     assert not (tmp_path / "o").exists()
 
 

@@ -41,7 +41,7 @@ def run_cmd(
         ),
     ] = None,
 ) -> None:
-    """Run the study: data -> classifiers -> DQN -> evaluation -> report.
+    """Run the study: data -> classifiers -> DQN -> evaluation -> offline RL and OPE -> report.
 
     Finished stages whose inputs have not changed are reused, so a rerun after a crash or Ctrl-C
     continues where it stopped.

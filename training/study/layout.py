@@ -5,6 +5,8 @@ prepared/    data prepare: canonical table, split, cleaning, features, environme
 classify/    classifiers with and without oversampling, on real held-out patients
 rl/          Dueling Double DQN on SepsisEnv (training patients of the environment cohort)
 evaluation/  greedy policy against the clinical baselines on test patients
+offline/     a policy learned offline from clinician logs; off-policy estimates beside its
+             simulated truth (`training.study.offline`)
 report.html, report.md, study_options.json
 """
 
@@ -15,7 +17,8 @@ PREPARED = "prepared"
 CLASSIFY = "classify"
 RL = "rl"
 EVALUATION = "evaluation"
-STAGE_NAMES = (RAW, PREPARED, CLASSIFY, RL, EVALUATION)
+OFFLINE = "offline"
+STAGE_NAMES = (RAW, PREPARED, CLASSIFY, RL, EVALUATION, OFFLINE)
 """The stage folders, in the order the study runs them."""
 
 RAW_PSV = "psv"

@@ -2,9 +2,10 @@
 sets them.
 
 A study config is checked whole before the first stage runs: the parts that override the options
-of a stage (`prepare`, `classify`, `classifier_settings`, `rl`) are built into those options
-(`PrepareOptions`, `ClassifyConfig`, `ClassifierSettings`, `RLOptions`) and validated with them,
-so a bad `rl.episodes` is reported at once, not after the data were prepared.
+of a stage (`prepare`, `classify`, `classifier_settings`, `rl`, `offline`) are built into those
+options (`PrepareOptions`, `ClassifyConfig`, `ClassifierSettings`, `RLOptions`, `OfflineOptions`)
+and validated with them, so a bad `rl.episodes` or `offline.stays` is reported at once, not after
+the data were prepared.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from training.classification.models import ClassifierSettings
     from training.classification.options import ClassifyConfig
     from training.rl.options import RLOptions
+    from training.study.offline import OfflineOptions
 
 
 @options_dataclass
@@ -55,6 +57,9 @@ class StudyOptions:
     """Overrides of `training.rl.options.RLOptions` (episodes, lr, num_env_runners, ...)."""
     evaluation_episodes: PositiveInt = TEST_EPISODES
     """Paired evaluation episodes per policy on test patients."""
+    offline: dict[str, Any] = field(default_factory=dict)
+    """Overrides of `training.study.offline.OfflineOptions` (enabled, stays, algo, iterations,
+    bootstrap, ...): the offline section, a policy learned from clinician logs and its OPE."""
     quick: bool = False
     """Set by `--quick`: the report then says it is a short demonstration run."""
 
@@ -84,6 +89,12 @@ class StudyOptions:
         _rl_options(values, _seed(info))
         return values
 
+    @field_validator("offline")
+    @classmethod
+    def _offline_builds(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _offline_options(values)
+        return values
+
 
 def _seed(info: ValidationInfo) -> int:
     """The study's seed, as each stage gets it (0 while the seed itself is not valid)."""
@@ -103,6 +114,9 @@ QUICK = {
     # The greedy policy is scored on the 2,000 validation episodes every 4 iterations (under a
     # second each) and the study evaluates the best of those checkpoints, not the last one.
     "rl": {"episodes": None, "time_budget_s": 50, "evaluation_interval": 4},
+    # 2,000 clinician stays (300 test stays for OPE), 1,000 offline updates, a short MLP FQE:
+    # about 10 s on 2 cores.
+    "offline": {"stays": 2000, "iterations": 10, "bootstrap": 300, "fqe_iterations": 40},
 }
 """`--quick`: a small cohort and short budgets; the whole study in about 3 minutes."""
 
@@ -126,6 +140,17 @@ def rl_options_of(options: StudyOptions, env_kwargs: dict[str, Any] | None = Non
     cohort the stage trains on, when given)."""
     values = dict(options.rl) if env_kwargs is None else {**options.rl, "env_kwargs": env_kwargs}
     return _rl_options(values, options.seed, prefix="rl")
+
+
+def offline_options_of(options: StudyOptions) -> OfflineOptions:
+    """The options of the `offline` stage: `options.offline` over `OfflineOptions`' defaults."""
+    return _offline_options(options.offline, prefix="offline")
+
+
+def _offline_options(values: dict[str, Any], prefix: str = "") -> OfflineOptions:
+    from training.study.offline import OfflineOptions
+
+    return build_options(OfflineOptions, values, prefix=prefix)
 
 
 def _prepare_options(values: dict[str, Any], seed: int, prefix: str = "") -> PrepareOptions:

@@ -9,6 +9,9 @@ changed (`training.study.stages`):
     rl/          the RL agent (default: Dueling Double DQN) on SepsisEnv (training patients of the
                  environment cohort)
     evaluation/  greedy policy against the clinical baselines on test patients
+    offline/     a policy learned offline from the clinicians' logs, its off-policy estimates
+                 beside its simulated truth (`training.study.offline`; `offline: {enabled:
+                 false}` leaves it out)
     report.html, report.md
 
 A crashed or interrupted run continues where it stopped when rerun: finished stages are reused,
@@ -28,10 +31,20 @@ import yaml
 
 from data_prep.prepare import ENV_COHORT_FILE
 from training.study import layout
-from training.study.layout import CLASSIFY, EVALUATION, PREPARED, RAW, RAW_PSV, RL, RL_STARTED
+from training.study.layout import (
+    CLASSIFY,
+    EVALUATION,
+    OFFLINE,
+    PREPARED,
+    RAW,
+    RAW_PSV,
+    RL,
+    RL_STARTED,
+)
 from training.study.options import (
     StudyOptions,
     classify_config_of,
+    offline_options_of,
     prepare_options_of,
     rl_options_of,
 )
@@ -166,8 +179,29 @@ def _rl_key(run: StudyRun) -> dict[str, Any]:
     # Keyed on the options with the cohort path relative to the study folder, so that a study
     # moved or copied (e.g. back from shared storage) still reuses its trained policy.
     rl_key = _rl_options(run).to_dict()
-    rl_key["env_kwargs"] = {**rl_key["env_kwargs"], "cohort": f"{PREPARED}/{ENV_COHORT_FILE}"}
+    rl_key["env_kwargs"] = _portable(rl_key["env_kwargs"])
     return {"prepared": run.keys[PREPARED], "rl": rl_key}
+
+
+def _portable(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`env_kwargs` with the cohort path relative to the study folder."""
+    return {**env_kwargs, "cohort": f"{PREPARED}/{ENV_COHORT_FILE}"}
+
+
+def _offline_key(run: StudyRun) -> dict[str, Any]:
+    # The offline section reads the environment cohort only (not the rl stage's policy): a
+    # change of the RL options leaves it as it is. `enabled` is left out, so that turning the
+    # section off and on again reuses it.
+    from dataclasses import asdict
+
+    offline = asdict(offline_options_of(run.options))
+    del offline["enabled"]
+    return {
+        "prepared": run.keys[PREPARED],
+        "offline": offline,
+        "env_kwargs": _portable(_offline_env_kwargs(run, "train")),
+        "seed": run.options.seed,
+    }
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -217,6 +251,17 @@ STAGES: tuple[StageSpec, ...] = (
             f"[evaluation] {run.options.evaluation_episodes:,} paired episodes per policy"
         ),
         run=lambda stage, run: _evaluate(stage, run.folder(RL), run.cohort, run.options),
+    ),
+    StageSpec(
+        OFFLINE,
+        key=_offline_key,
+        message=lambda run: (
+            f"[offline] {offline_options_of(run.options).stays:,} clinician stays logged, "
+            f"{offline_options_of(run.options).algo} trained on them, off-policy evaluation "
+            "beside the simulated truth"
+        ),
+        run=lambda stage, run: _offline(stage, run),
+        needed=lambda run: offline_options_of(run.options).enabled,
     ),
 )
 """The study's stages, in the order they run; each reads only the folders of stages before it."""
@@ -335,3 +380,27 @@ def _evaluate(stage: Stage, rl_dir: Path, cohort: Path, options: StudyOptions) -
     with staged_directory(stage.directory) as folder:
         write_evaluation(result, folder)
     stage.mark_done({"checkpoint": str(checkpoint)})
+
+
+def _offline_env_kwargs(run: StudyRun, split: str) -> dict[str, Any]:
+    """SepsisEnv's arguments as the rl stage trains (`train`) and the evaluation stage tests
+    (`test`): the study's environment cohort, one patient split."""
+    from training.rl.envs import evaluation_env_kwargs
+
+    return evaluation_env_kwargs(_rl_options(run), split)
+
+
+def _offline(stage: Stage, run: StudyRun) -> None:
+    from training.rl.evaluate import TEST_SEED
+    from training.study.offline import run_offline
+
+    stage.directory.mkdir(parents=True, exist_ok=True)
+    results = run_offline(
+        stage.directory,
+        offline_options_of(run.options),
+        logs_kwargs=_offline_env_kwargs(run, "train"),
+        test_kwargs=_offline_env_kwargs(run, "test"),
+        test_seed=TEST_SEED + run.options.seed,  # the evaluation stage's test episodes
+        seed=run.options.seed,
+    )
+    stage.mark_done({"stays": results["logs"]["stays"], "algo": results["policy"]["algo"]})

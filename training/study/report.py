@@ -52,6 +52,7 @@ from training.classification.metrics import METRIC_LABELS, THRESHOLD_RULE_LABELS
 from training.rl.evaluate import VERDICT_BASELINES
 from training.rl.options import ALGORITHM_NAMES
 from training.rl.policy import HAND_RULE, POLICY_NAMES
+from training.study import offline as offline_section
 from training.study.documents import (
     Bullets,
     Figure,
@@ -64,6 +65,7 @@ from training.study.documents import (
 from training.study.layout import (
     CLASSIFY,
     EVALUATION,
+    OFFLINE,
     OPTIONS_FILE,
     PREPARED,
     REPORT_HTML,
@@ -161,6 +163,9 @@ def build_sections(out: Path, options: dict, data: Path | None) -> list[Section]
         ]
         if "differences_to_hand_rule" in evaluation:
             sections.append(_differences(out, evaluation["differences_to_hand_rule"]))
+    offline = _load_json(out / OFFLINE / offline_section.RESULTS_FILE)
+    if offline and options.get("offline", {}).get("enabled", True):
+        sections.append(_offline(offline))
     sections.append(_settings(out, options, data))
     return sections
 
@@ -754,6 +759,159 @@ def _differences(out: Path, differences: dict) -> Section:
         )
     )
     return Section(f"Where the learned policy and the {rule} differ", blocks)
+
+
+OPE_NAMES = (
+    "IS and PDIS: importance sampling of whole stays and per decision; WIS and WPDIS: their "
+    "weighted (self-normalised) versions; FQE: fitted Q evaluation; DR and WDR: doubly robust "
+    "(importance sampling corrected by FQE's Q-hat), plain and weighted."
+)
+
+
+def _offline(results: dict) -> Section:
+    """The offline section: what was logged, the policy learned from it, every off-policy
+    estimate of its value beside the simulated truth, and what that says."""
+    logs, policy, ope, truth = results["logs"], results["policy"], results["ope"], results["truth"]
+    covers, split = results["covers"], logs["split"]
+    episodes = truth[offline_section.LOGS_PATIENTS]["episodes"]
+    algo = policy["algo"]
+    blocks: list = [
+        Paragraph(
+            f"**What was logged.** {logs['stays']:,} stays ({logs['steps']:,} decisions) of the "
+            "**clinicians** on the training patients of the environment cohort, simulated in "
+            f"SepsisEnv: the clinician protocol, except that {logs['noise']:.0%} of decisions are "
+            "a uniformly random action, so every action has a known probability of at least "
+            f"{logs['noise'] / len(ACTION_NAMES):.2%} in every state (the protocol alone is "
+            "deterministic, and importance sampling could value no other policy from its logs). "
+            f"The stays were split {split['train']:,} train / {split['val']:,} validation / "
+            f"{split['test']:,} test (folder `offline/{logs['folder']}/`)."
+        ),
+        Paragraph(
+            f"**The learned policy.** {_capitalised(ALGORITHM_NAMES.get(algo, algo))} trained "
+            "offline on the "
+            f"train stays only: {policy['iterations']} iterations, {policy['updates']:,} updates "
+            f"in {policy['elapsed_s']:.0f} s, nothing acting in the simulator. The validation "
+            f"stays chose the checkpoint (iteration {policy['best_iteration']}; its greedy "
+            f"action is the logged one in {policy['best_val_agreement']:.0%} of validation "
+            f"decisions): `offline/{policy['checkpoint']}`. Off-policy evaluation sees only the "
+            f"{ope['n_stays']:,} test stays, which training never read."
+        ),
+        Table(
+            ["estimator", "estimate", "95% interval", "covers truth?", "ESS"],
+            _ope_rows(ope, covers),
+            f"Off-policy estimates of the learned policy's value (mean discounted return, gamma "
+            f"{ope['gamma']:g}) from the test stays alone ({ope['bootstrap']:,} bootstrap "
+            f"resamples over stays; FQE's Q-hat: an {ope['fqe'].upper()}, held fixed across "
+            "resamples); the last row is the logged stays' own return, judged against the "
+            "clinicians' truth",
+        ),
+        Paragraph(
+            OPE_NAMES + " **Covers truth?**: the interval holds the simulated value below. "
+            "**ESS**: the effective sample size of the importance weights, in stays."
+        ),
+        Table(
+            ["policy", "on the logs' patients", "on the test patients"],
+            [
+                [_offline_policy_name(name, algo)]
+                + [
+                    format_interval(_triple(truth[where]["values"][name]), 2)
+                    for where in (offline_section.LOGS_PATIENTS, offline_section.TEST_PATIENTS)
+                ]
+                for name in truth[offline_section.LOGS_PATIENTS]["values"]
+            ],
+            f"Simulated truth: mean discounted return of {episodes:,} episodes per policy (95% "
+            "CIs; the same episodes for every policy), on the patients the logs come from (new "
+            "episodes: the value OPE estimates, which the intervals above are judged against) and "
+            "on the test patients (the evaluation stage's episodes)",
+        ),
+        Paragraph(_offline_reading(results)),
+    ]
+    if ope["warnings"]:
+        blocks.append(Bullets([f"OPE warning: {warning}" for warning in ope["warnings"]]))
+    return Section("Offline RL and off-policy evaluation", blocks)
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 interval`, `2 intervals`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _triple(value: dict) -> tuple[float, float, float]:
+    """(value, low, high) of a `{value, ci_low, ci_high}` mapping, NaN where missing."""
+    return tuple(
+        math.nan if value[key] is None else value[key] for key in ("value", "ci_low", "ci_high")
+    )
+
+
+def _offline_policy_name(name: str, algo: str) -> str:
+    if name == offline_section.LEARNED:
+        return f"Learned offline ({algo.upper()}, greedy)"
+    if name == offline_section.BEHAVIOUR:
+        return "Clinicians (the logged behaviour)"
+    return POLICY_NAMES.get(name, name)
+
+
+def _ope_rows(ope: dict, covers: dict) -> list[list[str]]:
+    """estimator | estimate | interval | covers the truth? | ESS, and the logged return last."""
+    from training.rl.offline.ope import IMPORTANCE_WEIGHTED, LOGGED
+
+    def row(name: str, label: str, estimate: dict) -> list[str]:
+        value, low, high = _triple(estimate)
+        interval = f"[{low:.2f}, {high:.2f}]" if math.isfinite(low) else "n/a"
+        covered = {True: "yes", False: "**no**", None: "n/a"}[covers.get(name)]
+        weighted = name in IMPORTANCE_WEIGHTED and ope["ess"] is not None
+        ess = f"{ope['ess']:.0f} of {ope['n_stays']:,}" if weighted else "-"
+        shown = f"{value:.2f}" if math.isfinite(value) else "n/a"
+        return [label, shown, interval, covered, ess]
+
+    rows = [row(name, name, estimate) for name, estimate in ope["estimates"].items()]
+    return rows + [row(LOGGED, "logged return (clinicians)", ope["logged_return"])]
+
+
+def _offline_reading(results: dict) -> str:
+    """Which intervals hold the truth, what that says of OPE at this size, and the learned
+    policy against the protocol in simulation on the test patients."""
+    ope, covers = results["ope"], results["covers"]
+    on_logs = results["truth"][offline_section.LOGS_PATIENTS]
+    on_test = results["truth"][offline_section.TEST_PATIENTS]
+    learned = on_logs["values"][offline_section.LEARNED]["value"]
+    estimators = list(ope["estimates"])
+    held = [name for name in estimators if covers.get(name)]
+    text = (
+        f"**Reading.** {len(held)} of {len(estimators)} estimators' intervals hold the simulated "
+        f"value {learned:.2f}" + (f" ({', '.join(held)})" if held else "") + ". "
+    )
+    ess = ope["ess"]
+    size = f"{ope['n_stays']:,} test stays" + (
+        f" and an effective sample size of {ess:.0f}" if ess is not None else ""
+    )
+    values = [e["value"] for e in ope["estimates"].values() if e["value"] is not None]
+    if len(held) < len(estimators):
+        text += (
+            f"With {size}, off-policy evaluation on SepsisEnv is not reliable at this size: "
+            f"the estimates run from {min(values):.2f} to {max(values):.2f}, the truth lies "
+            f"outside {_count(len(estimators) - len(held), 'interval')}, and without a "
+            "simulator nobody could tell which estimate to believe. "
+        )
+    else:
+        text += (
+            f"With {size} one log can cover by luck; `benchmarks/bench_ope.py` measures how "
+            "often each interval covers over many logs and policies. "
+        )
+    difference = _triple(on_test["learned_minus_protocol"])
+    verdict = {
+        "better": "**better** than",
+        "worse": "**worse** than",
+        "no detectable difference": "**not detectably different** from",
+    }[_direction(difference)]
+    return text + (
+        f"On the test patients the learned policy is {verdict} the clinician protocol "
+        f"(paired difference in discounted return {format_interval(difference, 2, signed=True)})."
+    )
 
 
 def _git_commit() -> str | None:
