@@ -7,7 +7,7 @@ OUT ?= results/quickstart
 # Ray binds to 127.0.0.1 only when this is set (see the README's Ray section).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: install run test lint bench
+.PHONY: install browser run test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,icu-sepsis]"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# Headless Chromium and chromedriver for the browser test, from Debian, when chromedriver is missing.
+browser:
+	bash scripts/install_browser.sh
 
 run: install
 	$(BIN)/sepsis-rl run --quick --out $(OUT)

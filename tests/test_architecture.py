@@ -20,6 +20,7 @@ PACKAGES = ("sepsis_rl", "training", "tuning", "data_prep", "sepsis_env")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sepsis_rl.cli",),
+    ("sepsis_rl.serve",),
     ("tuning",),
     ("training.study",),
     ("training.classification", "training.rl"),

@@ -13,6 +13,7 @@ from sepsis_rl.cli.data import data_app
 from sepsis_rl.cli.offline_logs import logs_app
 from sepsis_rl.cli.offline_ope import register as register_ope
 from sepsis_rl.cli.rl import register as register_rl
+from sepsis_rl.cli.serve import register as register_serve
 from sepsis_rl.cli.study import register as register_study
 from sepsis_rl.cli.tune import register as register_tuning
 
@@ -30,3 +31,4 @@ register_classify(app)
 register_tuning(app)
 register_study(app)
 register_ope(app)
+register_serve(app)
