@@ -43,7 +43,7 @@ def serve_cmd(
 
     Research software: the answers come from a policy trained in a simulator, not a clinical
     tool."""
-    from sepsis_rl.serve.app import APP_NAME, REPLICA_CPUS, ServeArgs, build
+    from sepsis_rl.serve.app import APP_NAME, QUIET_LOGGING, REPLICA_CPUS, ServeArgs, build
 
     _check_checkpoint(checkpoint)
     if classifier is not None:
@@ -90,7 +90,7 @@ def serve_cmd(
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGGING)
         err_console.print(f"starting {replicas} replica(s) of {checkpoint} ...", highlight=False)
         try:
             serve.run(build(args), name=APP_NAME, route_prefix="/")
