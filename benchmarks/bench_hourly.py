@@ -10,6 +10,15 @@ whole cohort on 2 cores: its rate is extrapolated, and the output says so), and 
 agree on those stays. Target (issue): at least 200,000 hours/s for the features on the
 40,336-stay cohort (1.55M hours), with the memory under about 3 GB.
 
+Then (unless --no-classify) the whole hourly early-warning task on the same cohort: the table
+and a stratified patient split are written as a prepared folder (`hourly.parquet`, `split.csv`:
+what `classify --task hourly` reads), `sepsis-rl classify --task hourly --models xgboost
+--oversample none` runs in a child process (wall time and its peak memory; targets: at most
+5 minutes and 4 GB), the cohort is written as `.psv` files and `classify-score --task hourly`'s
+work (read, features, predict, write one prediction file per patient) is timed (target: at least
+100,000 hours/s). Last, the model's test utility interval beside the best clinical rule's
+(target: the model's interval lies above the rule's).
+
 `naive_hourly_features` is also the reference the tests compare the fast builder with: its one
 home is here.
 """
@@ -17,8 +26,10 @@ home is here.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +46,9 @@ FULL_COHORT = 40_336
 TARGET_HOURS_PER_S = 200_000
 MEMORY_BUDGET_MB = 3 * 1024
 FIT_SHARE = 0.7  # the default training split's share of patients
+CLASSIFY_TARGET_S = 5 * 60
+CLASSIFY_MEMORY_MB = 4 * 1024
+SCORE_TARGET_HOURS_PER_S = 100_000
 
 
 def naive_hourly_features(table: pd.DataFrame, builder: HourlyFeatureBuilder) -> pd.DataFrame:
@@ -114,6 +128,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_hourly"))
+    parser.add_argument(
+        "--classify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also time classify --task hourly and the scoring of a .psv folder.",
+    )
     args = parser.parse_args()
 
     print(
@@ -189,7 +209,96 @@ def main() -> None:
         f"target >= {TARGET_HOURS_PER_S:,} hours/s: {'met' if met else 'NOT met'} "
         f"({fast_rate:,.0f}); memory <= {MEMORY_BUDGET_MB:,} MB: "
         f"{'met' if memory_met else 'NOT met'} ({peak:,.0f} MB peak after transform, before the "
-        "naive run)"
+        "naive run)",
+        flush=True,
+    )
+    if args.classify:
+        del features, naive, fast_subset
+        _bench_classify(table, args.seed, args.work / f"hourly_{args.patients}_seed{args.seed}")
+
+
+def _bench_classify(table: pd.DataFrame, seed: int, work: Path) -> None:
+    """Time `classify --task hourly` (child process) and the scoring of a .psv folder."""
+    from data_prep.split import patient_labels, split_patients
+    from data_prep.synth import write_psv_files
+
+    prepared, out, psv = (work / n for n in ("prepared", "run", "psv"))
+    # A new folder for the predictions, removed after the timing: deleting 40,000 files just
+    # before it (ext4 mounted with `discard`) slowed the next file creations several-fold.
+    predicted = work / f"pred-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    prepared.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(prepared / "hourly.parquet", index=False)
+    split_patients(patient_labels(table), seed=seed).to_csv(prepared / "split.csv", index=False)
+    command = ["classify", "--task", "hourly", "--data", str(prepared), "--out", str(out),
+               "--models", "xgboost", "--oversample", "none", "--seed", str(seed)]  # fmt: skip
+    peak_file = work / "classify_peak_mb.txt"
+    code = (
+        "import resource, sys\n"
+        "from sepsis_rl.cli import app\n"
+        "try:\n    app(sys.argv[2:], prog_name='sepsis-rl')\n"
+        "except SystemExit as exit:\n    status = exit.code\n"
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
+        " / 1024))\n"
+        "sys.exit(status)\n"
+    )
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(peak_file), *command], check=True)
+    classify_s = time.perf_counter() - start
+    peak = float(peak_file.read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    fitted = metrics["data"]["training_hours_fitted"]
+    print(
+        f"classify --task hourly (XGBoost, no oversampling; {fitted:,} training hours fitted): "
+        f"{classify_s:.0f} s wall, peak {peak:,.0f} MB; parts (s): "
+        f"{metrics['timings_seconds']}"
+    )
+    print(
+        f"target <= {CLASSIFY_TARGET_S} s: "
+        f"{'met' if classify_s <= CLASSIFY_TARGET_S else 'NOT met'}; "
+        f"memory <= {CLASSIFY_MEMORY_MB:,} MB: "
+        f"{'met' if peak <= CLASSIFY_MEMORY_MB else 'NOT met'}",
+        flush=True,
+    )
+
+    from data_prep.reader import read_cohort
+    from training.classification.hourly import (
+        in_stay_order,
+        load_hourly_model,
+        write_challenge_predictions,
+    )
+
+    if not psv.is_dir():
+        write_psv_files(table, psv)
+    model = load_hourly_model(out / "model")
+    # The three parts of `classify-score --task hourly` (`score_psv_folder` after the reader),
+    # timed one by one.
+    start = time.perf_counter()
+    hours = in_stay_order(read_cohort(psv).table.to_pandas())
+    read_s = time.perf_counter() - start
+    predictions = model.predict_hours(hours)
+    predict_s = time.perf_counter() - start - read_s
+    files = write_challenge_predictions(hours[PATIENT].to_numpy(), predictions, predicted)
+    score_s = time.perf_counter() - start
+    rate = len(hours) / score_s
+    print(
+        f"classify-score --task hourly: {len(hours):,} hours of {files:,} .psv files in "
+        f"{score_s:.1f} s (read {read_s:.1f}, features + model {predict_s:.1f}, write "
+        f"{score_s - read_s - predict_s:.1f}) = {rate:,.0f} hours/s; target >= "
+        f"{SCORE_TARGET_HOURS_PER_S:,}: {'met' if rate >= SCORE_TARGET_HOURS_PER_S else 'NOT met'}"
+    )
+
+    shutil.rmtree(predicted, ignore_errors=True)
+
+    best = metrics["best"]["test"]["utility"]
+    rule_name = metrics["best_rule"]
+    rule = metrics["rules"][rule_name]["test"]["utility"]
+    above = best["ci_low"] > rule["ci_high"]
+    print(
+        f"test utility: model {best['value']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}]; "
+        f"best rule ({rule_name}, chosen on validation) {rule['value']:.3f} "
+        f"[{rule['ci_low']:.3f}, {rule['ci_high']:.3f}]; target: model's interval above the "
+        f"rule's: {'met' if above else 'NOT met'}"
     )
 
 

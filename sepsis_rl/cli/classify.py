@@ -23,6 +23,11 @@ from rich.table import Table
 from sepsis_rl.cli.console import check_out_file, check_out_folder, console, err_console, fail
 
 
+class Task(StrEnum):
+    patients = "patients"
+    hourly = "hourly"
+
+
 class Oversample(StrEnum):
     none = "none"
     smote = "smote"
@@ -33,14 +38,40 @@ class Oversample(StrEnum):
 def classify_cmd(
     data: Annotated[Path, typer.Option(help="Folder written by `sepsis-rl data prepare`.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics, tables, plots and the model.")],
+    task: Annotated[
+        Task,
+        typer.Option(
+            help="patients: one prediction per stay; hourly: an alarm every hour, scored by the "
+            "PhysioNet/CinC 2019 normalised utility."
+        ),
+    ] = Task.patients,
     oversample: Annotated[
-        Oversample, typer.Option(help="Minority oversampling to compare (all: the three).")
-    ] = Oversample.all,
+        Oversample | None,
+        typer.Option(
+            help="Minority oversampling to compare (all: the three). Default: all for patients; "
+            "none and smote for hourly (CTGAN only when asked)."
+        ),
+    ] = None,
     models: Annotated[
-        str, typer.Option(help="Comma-separated: logreg,random_forest,xgboost,svm.")
-    ] = "logreg,random_forest,xgboost,svm",
+        str | None,
+        typer.Option(
+            help="Comma-separated. patients: logreg,random_forest,xgboost,svm (default all); "
+            "hourly: xgboost,logreg (default both)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seeds models, SMOTE, CTGAN and the bootstrap.")] = 0,
-    ctgan_epochs: Annotated[int, typer.Option(min=1, help="CTGAN training epochs.")] = 300,
+    ctgan_epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="CTGAN training epochs (default 300; hourly: 20)."),
+    ] = None,
+    max_train_hours: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="hourly: training hours per fit (every septic hour, then a random subset of "
+            "the others).",
+        ),
+    ] = 200_000,
     ctgan_batch_size: Annotated[
         int, typer.Option(min=10, help="CTGAN batch size (a multiple of 10).")
     ] = 500,
@@ -71,6 +102,17 @@ def classify_cmd(
     reports every metric with a 95% bootstrap CI on the real test patients.
     """
     check_out_folder(out)
+    if task is Task.hourly:
+        if config_file is not None:
+            raise fail("--config is for the per-patient task; --task hourly takes options only")
+        _classify_hourly(
+            data, out, oversample, models, seed, ctgan_epochs, ctgan_batch_size, sampling_strategy,
+            bootstrap, max_train_hours,
+        )  # fmt: skip
+        return
+    oversample = oversample or Oversample.all
+    models = models or "logreg,random_forest,xgboost,svm"
+    ctgan_epochs = ctgan_epochs or 300
     from training.classification.experiment import run_classification
     from training.classification.features import DataFolderError, load_features
     from training.classification.leakage import LeakageError
@@ -137,6 +179,130 @@ def classify_cmd(
     _print_summary(result, out)
 
 
+def _strategy(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _progress_report(progress: Progress, task):
+    def report(description: str, done: int, total: int) -> None:
+        progress.update(task, description=description, completed=done, total=total)
+        if not err_console.is_terminal:  # logs and CI get one line per step
+            err_console.print(f"[{done}/{total}] {description}", highlight=False)
+
+    return report
+
+
+def _classify_hourly(
+    data: Path,
+    out: Path,
+    oversample: Oversample | None,
+    models: str | None,
+    seed: int,
+    ctgan_epochs: int | None,
+    ctgan_batch_size: int,
+    sampling_strategy: str,
+    bootstrap: int,
+    max_train_hours: int,
+) -> None:
+    """`classify --task hourly`: options checked and data read before any fit."""
+    from training.classification.features import DataFolderError
+    from training.classification.hourly import (
+        DEFAULT_HOURLY_CTGAN_EPOCHS,
+        DEFAULT_HOURLY_OVERSAMPLE,
+        HOURLY_MODELS,
+        HourlyConfig,
+        load_hourly,
+        run_hourly,
+    )
+    from training.classification.models import ClassifierSettings
+
+    if oversample is None:
+        modes = DEFAULT_HOURLY_OVERSAMPLE
+    elif oversample is Oversample.all:
+        modes = ("none", "smote", "ctgan")
+    else:
+        modes = (oversample.value,)
+    names = HOURLY_MODELS if models is None else tuple(m.strip() for m in models.split(","))
+    try:
+        config = HourlyConfig(
+            models=tuple(m for m in names if m),
+            oversample=modes,
+            n_boot=bootstrap,
+            max_train_hours=max_train_hours,
+            settings=ClassifierSettings(
+                seed=seed,
+                sampling_strategy=_strategy(sampling_strategy),
+                ctgan_epochs=ctgan_epochs or DEFAULT_HOURLY_CTGAN_EPOCHS,
+                ctgan_batch_size=ctgan_batch_size,
+            ),
+        )
+        table = load_hourly(data)
+    except ValueError as err:  # OptionsError and DataFolderError included
+        raise fail(str(err)) from None
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    try:
+        with progress:
+            task = progress.add_task("starting", total=None)
+            result = run_hourly(table, out, config, progress=_progress_report(progress, task))
+    except DataFolderError as err:
+        raise fail(str(err)) from None
+    except ValueError as err:
+        raise fail(str(err)) from None
+    _print_hourly_summary(result, out)
+
+
+def _print_hourly_summary(result, out: Path) -> None:
+    table = Table(title="Test patients: normalised utility [95% CI]")
+    for column in ("model / rule", "oversampling", "threshold", "utility", "AUROC", "AUPRC"):
+        table.add_column(column)
+    for c in result.candidates:
+        table.add_row(
+            c.model + (" *" if c is result.best else ""),
+            c.oversample,
+            f"{c.threshold:.4f}",
+            c.test.utility.format(),
+            f"{c.test.auroc:.3f}" if c.test.auroc is not None else "-",
+            f"{c.test.auprc:.3f}" if c.test.auprc is not None else "-",
+        )
+    for name, score in result.rules.items():
+        table.add_row(
+            name,
+            "rule",
+            "-",
+            score.utility.format(),
+            f"{score.auroc:.3f}" if score.auroc is not None else "-",
+            f"{score.auprc:.3f}" if score.auprc is not None else "-",
+        )
+    console.print(table)
+    metrics = result.metrics
+    for effect in metrics["oversampling_effect"]:
+        d = effect["difference_vs_none"]
+        console.print(
+            f"  {effect['oversample']:>5} vs none, {effect['model']:<8} utility "
+            f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]: {effect['verdict']}"
+        )
+    for effect in metrics["model_vs_best_rule"]:
+        d = effect["difference"]
+        console.print(
+            f"  {effect['model']}+{effect['oversample']} vs {effect['rule']}: utility "
+            f"{d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]: {effect['verdict']}"
+        )
+    console.print(
+        f"selected (*) on validation utility: {result.best.name}; wrote metrics.json, "
+        f"comparison.csv/.md and model/ to {out}"
+    )
+
+
 def _print_summary(result, out: Path) -> None:
     metrics = result.metrics
     best = metrics["best"]
@@ -190,14 +356,30 @@ def score_cmd(
         typer.Option(
             "--features",
             "--input",
-            help="Patient features (.parquet or .csv) as `data prepare` writes.",
+            help="Patient features (.parquet or .csv) as `data prepare` writes; for --task "
+            "hourly, a folder (or .zip) of PhysioNet .psv files.",
         ),
     ],
     out: Annotated[
-        Path | None, typer.Option(help="Write scores to this .csv (default: print them).")
+        Path | None,
+        typer.Option(
+            help="Write scores to this .csv (default: print them); for --task hourly, the "
+            "folder for one prediction .psv per patient (required)."
+        ),
     ] = None,
+    task: Annotated[
+        Task, typer.Option(help="patients: a features table; hourly: .psv files, hour by hour.")
+    ] = Task.patients,
 ) -> None:
-    """Score patients with a saved classifier: probability of sepsis and the decision."""
+    """Score patients with a saved classifier: probability of sepsis and the decision.
+
+    With --task hourly: one `<patient>.psv` per input file with the header
+    `PredictedProbability|PredictedLabel` and one line per hour, as PhysioNet/CinC 2019 entries
+    wrote them (the Challenge's `evaluate_sepsis_score.py` reads them).
+    """
+    if task is Task.hourly:
+        _score_hourly(model, features, out)
+        return
     import pandas as pd
 
     from sepsis_rl.common.files import write_text_atomic
@@ -232,6 +414,36 @@ def score_cmd(
     else:
         write_text_atomic(out, scores.to_csv(index=False))
         console.print(f"scored {len(scores):,} patients; wrote {out}")
+
+
+def _score_hourly(model: Path, psv: Path, out: Path | None) -> None:
+    """`classify-score --task hourly`: bad input refused (file, line, column) before scoring."""
+    import time
+
+    from data_prep.reader import DataFormatError, read_cohort
+    from training.classification.hourly import load_hourly_model, score_psv_folder
+    from training.classification.model_file import ModelFileError
+
+    if out is None:
+        raise fail("--task hourly writes one .psv per patient: give the folder with --out")
+    check_out_folder(out)
+    if not psv.exists():
+        raise fail(f"--input {psv} does not exist; give a folder (or .zip) of .psv files")
+    start = time.perf_counter()
+    try:
+        table = read_cohort(psv).table.to_pandas()
+    except (DataFormatError, FileNotFoundError) as err:
+        raise fail(str(err)) from None
+    try:
+        hourly = load_hourly_model(model)
+        n_files = score_psv_folder(hourly, table, out)
+    except ModelFileError as err:
+        raise fail(str(err)) from None
+    seconds = time.perf_counter() - start
+    console.print(
+        f"scored {len(table):,} hours of {n_files:,} patients in {seconds:.1f} s "
+        f"({len(table) / seconds:,.0f} hours/s); wrote {n_files:,} .psv files to {out}"
+    )
 
 
 def _feature_names(model: Path) -> list[str] | None:

@@ -160,11 +160,19 @@ def tune_classifiers_cmd(
     ] = 600.0,
     seed: SeedOpt = 0,
     models: Annotated[
-        str, typer.Option(help="Model families to search, comma-separated.")
-    ] = "logreg,random_forest,xgboost,svm",
+        str | None,
+        typer.Option(
+            help="Model families to search, comma-separated [default: logreg,random_forest,"
+            "xgboost,svm; hourly: xgboost,logreg]."
+        ),
+    ] = None,
     oversample: Annotated[
-        str, typer.Option(help="Oversampling modes to search, comma-separated.")
-    ] = "none,smote,ctgan",
+        str | None,
+        typer.Option(
+            help="Oversampling modes to search, comma-separated [default: none,smote,ctgan; "
+            "hourly: none,smote]."
+        ),
+    ] = None,
     scheduler: Annotated[str, typer.Option(help="asha (early stopping) or fifo.")] = "asha",
     repeats: Annotated[
         int, typer.Option(help="Seeds per configuration (> 1 needs --scheduler fifo).")
@@ -178,8 +186,24 @@ def tune_classifiers_cmd(
         bool, typer.Option(help="Refit the best configuration and score it on test patients.")
     ] = True,
     address: AddressOpt = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="patients: patient-grouped CV on Ray Tune; hourly: hourly early warning, each "
+            "trial scored by the validation normalised utility (Optuna in one process; "
+            "--metric, --folds, --scheduler, --repeats and --address do not apply).",
+        ),
+    ] = "patients",
 ) -> None:
-    """Search model family, oversampling and hyper-parameters by patient-grouped CV."""
+    """Search model family, oversampling and hyper-parameters by patient-grouped CV (or, with
+    --task hourly, by the validation patients' normalised utility)."""
+    if task == "hourly":
+        _tune_hourly(data, num_samples, time_budget, seed, models, oversample, storage, name, refit)
+        return
+    if task != "patients":
+        raise fail(f"--task must be patients or hourly, got {task!r}")
+    models = models or "logreg,random_forest,xgboost,svm"
+    oversample = oversample or "none,smote,ctgan"
     from training.classification.features import DataFolderError, load_features
     from tuning.classifier_search import ClassifierSearch, refit_best, run_classifier_search
     from tuning.runner import experiment_path, is_uri
@@ -221,6 +245,65 @@ def tune_classifiers_cmd(
         if is_uri(storage):
             _copy(str(folder / "analysis"), location + "/analysis")
             console.print(f"final model and analysis copied to {location}")
+
+
+def _tune_hourly(
+    data: Path,
+    num_samples: int,
+    time_budget: float,
+    seed: int,
+    models: str | None,
+    oversample: str | None,
+    storage: str,
+    name: str | None,
+    refit: bool,
+) -> None:
+    """`tune classifiers --task hourly`: options and data checked before any fit."""
+    from tuning.hourly_search import (
+        HOURLY_TUNE_METRIC,
+        HourlySearch,
+        refit_best_hourly,
+        run_hourly_search,
+    )
+    from tuning.runner import is_uri
+
+    if is_uri(storage):
+        raise fail("--task hourly keeps its experiment on local disk: give a folder as --storage")
+    values: dict[str, Any] = {
+        "data": data,
+        "num_samples": num_samples,
+        "time_budget_s": _budget(time_budget),
+        "seed": seed,
+        "storage": storage,
+        "name": name or "hourly",
+    }
+    for key, text in (("models", models), ("oversample", oversample)):
+        if text is not None:
+            values[key] = tuple(v.strip() for v in text.split(",") if v.strip())
+    try:
+        from training.classification.hourly import load_hourly
+
+        search = HourlySearch(**values)
+        check_out_folder(search.folder, "--storage/--name")
+        table = load_hourly(data)
+    except ValueError as err:  # OptionsError and DataFolderError included
+        raise fail(str(err)) from None
+    trials = run_hourly_search(search, table)
+    del table
+    console.print(trials.head(10).to_string(index=False))
+    best = trials.iloc[0]
+    console.print(
+        f"best of {len(trials)} trials: validation utility {best[HOURLY_TUNE_METRIC]:.3f}; wrote "
+        f"trials.csv and best.json to {search.folder}"
+    )
+    if refit:
+        console.print("refitting the best configuration; the test patients are scored now, once")
+        metrics = refit_best_hourly(search)
+        utility = metrics["best"]["test"]["utility"]
+        console.print(
+            f"test utility {utility['value']:.3f} [{utility['ci_low']:.3f}, "
+            f"{utility['ci_high']:.3f}]; wrote {search.folder / 'final'}"
+        )
 
 
 @contextlib.contextmanager

@@ -295,18 +295,28 @@ def utility_interval(
     """
     parts = patient_utilities(patient_ids, labels, predictions)
     point = _score(parts).score
-    n = parts.patient_ids.size
     if weights is None:
-        weights = bootstrap_weights(n, n_boot, random_state)
+        weights = bootstrap_weights(parts.patient_ids.size, n_boot, random_state)
+    draws = utility_draws(parts, weights)
+    low, high = percentile_interval(draws)
+    undefined = 1.0 - np.isfinite(draws).sum() / draws.size
+    return Estimate(point, low, high, float(undefined))
+
+
+def utility_draws(parts: PatientUtilities, weights: np.ndarray) -> np.ndarray:
+    """The normalised utility of each bootstrap resample (one row of `weights` each: how often
+    each patient is drawn), NaN for a resample without a septic patient.
+
+    Two sets of predictions scored with the same `weights` give paired draws: their difference,
+    draw by draw, is the paired bootstrap of the difference in utility.
+    """
+    n = parts.patient_ids.size
     if weights.ndim != 2 or weights.shape[1] != n:
         raise ValueError(f"weights must have one column per patient ({n}), got {weights.shape}")
     gain = weights @ (parts.observed - parts.inaction)
     room = weights @ (parts.best - parts.inaction)
     with np.errstate(invalid="ignore", divide="ignore"):
-        draws = np.where(room > 0, gain / np.where(room > 0, room, 1.0), np.nan)
-    low, high = percentile_interval(draws)
-    undefined = 1.0 - np.isfinite(draws).sum() / draws.size
-    return Estimate(point, low, high, float(undefined))
+        return np.where(room > 0, gain / np.where(room > 0, room, 1.0), np.nan)
 
 
 def utility_by_threshold(patient_ids, labels, probabilities, thresholds) -> np.ndarray:

@@ -1,0 +1,245 @@
+"""Hourly early warning (`classify --task hourly`): causal predictions, utility-chosen thresholds,
+clinical rules, the Challenge's prediction files, and bad input refused before any work.
+
+Real components on the project's synthetic cohorts (`prepared_dir`: 3,000 stays), small budgets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from data_prep.hourly_features import HourlyFeatureBuilder
+from data_prep.reader import read_cohort
+from data_prep.schema import CANONICAL_COLUMNS, LABEL, PATIENT, TIME
+from data_prep.synth import generate_cohort, write_psv_files
+from sepsis_rl.cli import app
+from training.classification.hourly import (
+    PREDICTION_HEADER,
+    RULE_ALARM_CRITERIA,
+    HourlyConfig,
+    choose_utility_threshold,
+    load_hourly,
+    load_hourly_model,
+    rule_criteria,
+    run_hourly,
+    training_rows,
+)
+from training.classification.models import ClassifierSettings
+from training.classification.utility import normalised_utility
+
+SMALL = ClassifierSettings(xgb_rounds=40, logreg_c=0.1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def hourly_run(prepared_dir, tmp_path_factory):
+    """One real hourly run: XGBoost and logistic regression, with and without SMOTE."""
+    out = tmp_path_factory.mktemp("hourly") / "run"
+    config = HourlyConfig(
+        models=("xgboost", "logreg"), oversample=("none", "smote"), n_boot=100, settings=SMALL
+    )
+    return run_hourly(prepared_dir, out, config), out
+
+
+def stay(patient: str, n_hours: int, **values) -> pd.DataFrame:
+    """A canonical-table stay with every measurement missing except `values` (name -> list)."""
+    frame = pd.DataFrame(np.nan, index=range(n_hours), columns=list(CANONICAL_COLUMNS))
+    frame[PATIENT] = patient
+    frame["set"] = "A"
+    frame[TIME] = np.arange(1, n_hours + 1)
+    frame[LABEL] = 0
+    frame[["Age", "Gender", "Unit1", "Unit2", "HospAdmTime"]] = [70.0, 1, 1.0, 0.0, -3.0]
+    for name, series in values.items():
+        frame[name] = np.asarray(series, dtype=float)
+    return frame
+
+
+def test_qsofa_and_sirs_count_criteria_from_carried_forward_vitals():
+    nan = np.nan
+    table = stay(
+        "p1",
+        4,
+        Resp=[22, nan, 21, 30],  # qSOFA at 22; SIRS above 20
+        SBP=[100, nan, nan, 101],  # qSOFA at or below 100
+        HR=[91, 90, nan, nan],
+        Temp=[nan, 35.9, nan, 37.0],
+        WBC=[nan, nan, 12.5, nan],
+    )
+    features = HourlyFeatureBuilder().fit(table).transform(table)
+    assert rule_criteria(features, "qsofa").tolist() == [2, 2, 1, 1]
+    # hour 1: resp 22 > 20, HR 91; hour 2: + temp 35.9; hour 3: HR 90 carried, resp 21, temp,
+    # WBC 12.5; hour 4: resp 30, WBC carried, HR 90 and temp 37.0 not met.
+    assert rule_criteria(features, "sirs").tolist() == [2, 2, 3, 2]
+    assert RULE_ALARM_CRITERIA == 2
+
+
+def test_threshold_chosen_on_validation_gives_the_utility_it_reports():
+    cohort = generate_cohort(150, seed=4).sort_values([PATIENT, TIME]).reset_index(drop=True)
+    labels = cohort[LABEL].to_numpy()
+    scores = np.random.default_rng(0).random(labels.size) * 0.5 + labels * 0.3
+    threshold, utility = choose_utility_threshold(cohort[PATIENT], labels, scores)
+    direct = normalised_utility(cohort[PATIENT], labels, (scores >= threshold).astype(int))
+    assert direct.score == pytest.approx(utility)
+    assert utility > 0  # beats never alarming: the scores carry the label
+
+
+def test_training_rows_are_training_patients_only_and_keep_every_septic_hour(prepared_dir):
+    table = load_hourly(prepared_dir)
+    rows = training_rows(table, max_train_hours=20_000, seed=0)
+    assert set(table.split[rows]) == {"train"}
+    train = table.rows("train")
+    septic = train[table.frame[LABEL].to_numpy()[train] == 1]
+    assert np.isin(septic, rows).all()
+    assert rows.size == 20_000 < train.size
+
+
+def test_run_writes_results_and_the_model_beats_never_alarming(hourly_run):
+    result, out = hourly_run
+    for name in ("metrics.json", "comparison.csv", "comparison.md", "model/MANIFEST.json"):
+        assert (out / name).is_file(), name
+    metrics = result.metrics
+    assert {r for r in metrics["rules"]} == {"qsofa", "sirs", "never", "always"}
+    assert metrics["rules"]["never"]["test"]["utility"]["value"] == 0.0
+    effects = {(e["model"], e["oversample"]) for e in metrics["oversampling_effect"]}
+    assert effects == {("xgboost", "smote"), ("logreg", "smote")}
+    assert len(metrics["model_vs_best_rule"]) == 4
+    best = result.best.test.utility
+    assert best.ci_low > 0 and best.ci_low <= best.value <= best.ci_high
+    assert result.best.val_utility == max(c.val_utility for c in result.candidates)
+
+
+def test_no_hour_sees_its_own_future_in_predictions(hourly_run, prepared_dir):
+    result, out = hourly_run
+    model = load_hourly_model(out / "model")
+    table = load_hourly(prepared_dir).frame
+    patient = table.groupby(PATIENT)[TIME].size().loc[lambda n: n >= 30].index[0]
+    one = table[table[PATIENT] == patient].reset_index(drop=True)
+    before = model.predict_hours(one)
+    changed = one.copy()
+    cut = 15
+    for name in ("HR", "Resp", "SBP", "Temp", "WBC", "Lactate", "MAP"):
+        changed.loc[cut:, name] = changed.loc[cut:, name].fillna(50.0) * 1.7 + 11.0
+    after = model.predict_hours(changed)
+    pd.testing.assert_frame_equal(before.iloc[:cut], after.iloc[:cut])
+    assert not np.allclose(before[PREDICTION_HEADER[0]][cut:], after[PREDICTION_HEADER[0]][cut:])
+
+
+def test_bedside_scoring_one_hour_at_a_time_equals_the_whole_file(hourly_run, prepared_dir):
+    result, out = hourly_run
+    model = load_hourly_model(out / "model")
+    table = load_hourly(prepared_dir).frame
+    patient = table.loc[table[LABEL] == 1, PATIENT].iloc[0]
+    one = table[table[PATIENT] == patient].reset_index(drop=True)
+    whole = model.predict_hours(one)
+    bedside = model.bedside(patient)
+    hourly = [bedside.add_hour(row) for row in one.to_dict("records")]
+    probabilities = np.array([p for p, _ in hourly])
+    np.testing.assert_allclose(probabilities, whole[PREDICTION_HEADER[0]], rtol=0, atol=1e-12)
+    assert [label for _, label in hourly] == whole[PREDICTION_HEADER[1]].tolist()
+
+
+def test_classify_score_writes_challenge_files_one_line_per_hour(hourly_run, tmp_path):
+    _, out = hourly_run
+    psv = tmp_path / "psv"
+    cohort = generate_cohort(20, seed=8)
+    write_psv_files(cohort, psv)
+    result = CliRunner().invoke(
+        app,
+        ["classify-score", "--task", "hourly", "--model", str(out / "model"), "--input", str(psv),
+         "--out", str(tmp_path / "pred")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    inputs = sorted(psv.rglob("*.psv"))
+    outputs = sorted((tmp_path / "pred").glob("*.psv"))
+    assert [p.name for p in outputs] == sorted(p.name for p in inputs)
+    model = load_hourly_model(out / "model")
+    table = read_cohort(psv).table.to_pandas()
+    for path in inputs[:5]:
+        lines = (tmp_path / "pred" / path.name).read_text().splitlines()
+        assert lines[0] == "PredictedProbability|PredictedLabel"
+        n_rows = len(path.read_text().splitlines()) - 1
+        assert len(lines) - 1 == n_rows
+        written = pd.read_csv(tmp_path / "pred" / path.name, sep="|")
+        expected = model.predict_hours(table[table[PATIENT] == path.stem])
+        np.testing.assert_allclose(written.iloc[:, 0], expected.iloc[:, 0], rtol=1e-5)
+        assert (written.iloc[:, 1].to_numpy() == expected.iloc[:, 1].to_numpy()).all()
+
+
+def test_bad_psv_exits_2_naming_file_line_and_column_and_writes_nothing(hourly_run, tmp_path):
+    _, out = hourly_run
+    psv = tmp_path / "psv"
+    write_psv_files(generate_cohort(5, seed=9), psv)
+    victim = sorted(psv.rglob("*.psv"))[2]
+    lines = victim.read_text().splitlines()
+    fields = lines[3].split("|")
+    fields[0] = "fast"
+    lines[3] = "|".join(fields)
+    victim.write_text("\n".join(lines) + "\n")
+    target = tmp_path / "pred"
+    result = CliRunner().invoke(
+        app,
+        ["classify-score", "--task", "hourly", "--model", str(out / "model"), "--input", str(psv),
+         "--out", str(target)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert victim.name in message and "line 4" in message and "column 1 (HR)" in message
+    assert not target.exists()
+
+
+def test_classify_hourly_refuses_a_folder_without_prepared_data(tmp_path: Path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["classify", "--task", "hourly", "--data", str(tmp_path), "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "hourly.parquet is missing" in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_classify_hourly_refuses_a_model_it_does_not_have(prepared_dir, tmp_path: Path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["classify", "--task", "hourly", "--data", str(prepared_dir), "--out", str(out),
+         "--models", "svm"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "svm" in result.output
+    assert not out.exists()
+
+
+def test_tune_hourly_maximises_validation_utility_and_refits_once(prepared_dir, tmp_path):
+    storage = tmp_path / "tune"
+    result = CliRunner().invoke(
+        app,
+        ["tune", "classifiers", "--task", "hourly", "--data", str(prepared_dir),
+         "--num-samples", "3", "--models", "logreg", "--oversample", "none",
+         "--storage", str(storage), "--name", "h"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trials = pd.read_csv(storage / "h" / "trials.csv")
+    assert len(trials) == 3 and trials["val_utility"].is_monotonic_decreasing
+    best = json.loads((storage / "h" / "best.json").read_text())["best"]
+    assert best["val_utility"] == pytest.approx(trials["val_utility"].max())
+    assert trials["logreg_c"].iloc[-1] != trials["logreg_c"].iloc[0]  # the search moved
+    metrics = json.loads((storage / "h" / "final" / "metrics.json").read_text())
+    assert metrics["task"] == "hourly"
+    assert metrics["best"]["model"] == "logreg"
+    assert metrics["config"]["settings"]["logreg_c"] == pytest.approx(best["params"]["logreg_c"])
+
+
+def test_tune_hourly_refuses_bad_data_before_any_trial(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["tune", "classifiers", "--task", "hourly", "--data", str(tmp_path),
+         "--storage", str(tmp_path / "tune")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "hourly.parquet is missing" in " ".join(result.output.split())
+    assert not (tmp_path / "tune").exists()
