@@ -61,6 +61,15 @@ Names = Field(strict=False, min_length=1)
 """A non-empty tuple of names; a list is accepted for it."""
 
 
+def default_point_within(models, oversample) -> dict[str, Any] | None:
+    """The untuned classifier default (`DEFAULT_CLASSIFIER`), or None when `models` or
+    `oversample` leave it out of the searched space."""
+    point = dict(DEFAULT_CLASSIFIER)
+    if point["model"] not in models or point["oversample"] not in oversample:
+        return None
+    return point
+
+
 @options_dataclass
 class ClassifierSearch:
     """Every option of a classifier search; the field list is the documentation."""
@@ -132,10 +141,7 @@ class ClassifierSearch:
 
     def default_point(self) -> dict[str, Any] | None:
         """The untuned default, if the restricted space contains it."""
-        point = dict(DEFAULT_CLASSIFIER)
-        if point["model"] not in self.models or point["oversample"] not in self.oversample:
-            return None
-        return point
+        return default_point_within(self.models, self.oversample)
 
 
 # -- folds and one trial ---------------------------------------------------------------------------

@@ -54,8 +54,8 @@ from training.classification.hourly import (
     training_rows,
 )
 from training.classification.models import ClassifierSettings
-from tuning.classifier_search import settings_of
-from tuning.spaces import CLASSIFIER_SPACE, DEFAULT_CLASSIFIER, restrict, suggest
+from tuning.classifier_search import default_point_within, settings_of
+from tuning.spaces import CLASSIFIER_SPACE, restrict, suggest
 
 HOURLY_TUNE_METRIC = "val_utility"
 """What a trial reports: the validation normalised utility at its own threshold (maximised)."""
@@ -100,10 +100,7 @@ class HourlySearch:
 
     def default_point(self) -> dict[str, Any] | None:
         """The untuned default, if the restricted space contains it."""
-        point = dict(DEFAULT_CLASSIFIER)
-        if point["model"] not in self.models or point["oversample"] not in self.oversample:
-            return None
-        return point
+        return default_point_within(self.models, self.oversample)
 
     @property
     def folder(self) -> Path:

@@ -151,23 +151,11 @@ def classify_cmd(
     except ValueError as err:  # DataFolderError included
         raise fail(str(err)) from None
 
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-    )
+    progress = _progress()
     try:
         with progress:
             task = progress.add_task("starting", total=None)
-
-            def report(description: str, done: int, total: int) -> None:
-                progress.update(task, description=description, completed=done, total=total)
-                if not err_console.is_terminal:  # logs and CI get one line per step
-                    err_console.print(f"[{done}/{total}] {description}", highlight=False)
-
+            report = _progress_report(progress, task)
             result = run_classification(table, out, config, progress=report)
     except DataFolderError as err:
         raise fail(str(err)) from None
@@ -184,6 +172,18 @@ def _strategy(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def _progress() -> Progress:
+    """The classifiers' progress display (on stderr), for either task."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
 
 
 def _progress_report(progress: Progress, task):
@@ -242,14 +242,7 @@ def _classify_hourly(
         table = load_hourly(data)
     except ValueError as err:  # OptionsError and DataFolderError included
         raise fail(str(err)) from None
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-    )
+    progress = _progress()
     try:
         with progress:
             task = progress.add_task("starting", total=None)
