@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,26 +86,24 @@ def checkpoint(tiny_sepsis_run: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(checkpoint, classifier_dir, token_file):
-    """The real app on a free loopback port, with the classifier and the token."""
-    import ray
+    """The real app on a free loopback port, with the classifier and the token, behind the
+    default ingress (HAProxy to the replica's own HTTP server)."""
     from ray import serve
 
     from sepsis_rl.serve.app import build
+    from sepsis_rl.serve.ingress import HAPROXY, local_serve, wait_until_ready
 
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_serve("127.0.0.1", port, HAPROXY, num_cpus=2):
         args = {
             "checkpoint": str(checkpoint),
             "classifier": str(classifier_dir),
             "token_file": str(token_file),
         }
         serve.run(build(args), name="sepsis", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url)
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +173,9 @@ def test_model_names_the_policy_and_every_vital(client, checkpoint, classifier_d
     assert model["checkpoint"] == str(checkpoint.resolve())
     assert (model["algo"], model["env"], model["value_kind"]) == ("dqn", "SepsisEnv-v0", "q_values")
     assert model["classifier"] == str(classifier_dir.resolve())
-    assert model["commit"] is None and model["trained_at"].endswith("Z")
+    from sepsis_rl.common.provenance import source_commit
+
+    assert model["commit"] == source_commit() and model["trained_at"].endswith("Z")
     assert model["actions"] == list(ACTION_NAMES)
     vitals = {v["name"]: v for v in model["vitals"]}
     assert list(vitals) == list(OBS_NAMES)
@@ -427,6 +428,111 @@ def test_cli_refuses_bad_inputs_before_starting_ray(checkpoint, tmp_path):
             result = _cli(*args)
             assert result.exit_code == 2, (args, result.output)
             assert words in result.output, (args, result.output)
+
+
+def _descendants(pid: int) -> set[int]:
+    """`pid` and every process below it (Ray's raylet, workers and HAProxy included)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        found.add(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def _listening(pids: set[int]) -> dict[str, set[str]]:
+    """The TCP addresses `pids` listen on, by process name (from /proc, as `ss -ltnp` does)."""
+    inodes: dict[str, str] = {}
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = os.path.basename(argv[0].decode().split(" ")[0])
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = name
+        except OSError:
+            continue
+    found: dict[str, set[str]] = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address, port = fields[1].split(":")
+            # /proc/net/tcp*: the address in 32-bit words, each in host (little-endian) order
+            raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, width, 8))
+            if width == 8:
+                host = ".".join(str(b) for b in raw)
+            elif raw[:12] == bytes(10) + b"\xff\xff":  # an IPv4-mapped IPv6 address
+                host = ".".join(str(b) for b in raw[12:])
+            else:
+                host = "::" if raw == bytes(16) else raw.hex()
+            found.setdefault(inodes[fields[9]], set()).add(f"{host}:{int(port, 16)}")
+    return found
+
+
+RAY_GRPC_ON_EVERY_INTERFACE = "ServeReplica"
+"""Ray Serve 2.60 starts a gRPC server in each replica on every interface, whatever the HTTP host
+(ray-project/ray#64544; the README says so). Every other listener must be on loopback."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ingress", ["haproxy", "proxy"])
+def test_the_command_serves_through_either_ingress_on_loopback_only(checkpoint, ingress):
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    command = [sys.executable, "-m", "sepsis_rl.cli", "serve", "--checkpoint", str(checkpoint)]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--ingress", ingress],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        from sepsis_rl.serve.ingress import wait_until_ready
+
+        wait_until_ready(url, timeout_s=180)
+        answer = httpx.post(f"{url}/v1/recommend", json=PATIENT, timeout=60)
+        assert answer.status_code == 200, answer.text
+        expected = recommend(checkpoint, PATIENT)
+        assert answer.json()["action"] == expected["action"]
+        listeners = _listening(_descendants(server.pid))
+        if ingress == "haproxy":
+            assert any(f"127.0.0.1:{port}" in a for a in listeners.get("haproxy", ())), listeners
+        else:
+            assert "haproxy" not in listeners, listeners
+        for process, addresses in listeners.items():
+            for address in addresses:
+                host = address.rsplit(":", 1)[0]
+                assert host == "127.0.0.1" or RAY_GRPC_ON_EVERY_INTERFACE in process, (
+                    process,
+                    address,
+                )
+    finally:
+        tree = _descendants(server.pid)
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, output
+    assert "serving" in output and f"{url}/" in output.replace("\n", ""), output
+    deadline = time.monotonic() + 30  # Ray's workers end a moment after ray.shutdown
+    alive = lambda: {p for p in tree if Path(f"/proc/{p}").exists()}  # noqa: E731
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    still = alive()
+    assert not still, f"processes outlived the server: {still}"
 
 
 # --- Without the web layer: the service itself ------------------------------------------------

@@ -66,45 +66,42 @@ def classifier_dir(small_psv_dir: Path, tmp_path_factory) -> Path:
     return root / "classify" / "model"
 
 
-@pytest.fixture(scope="module")
-def base_url(tiny_sepsis_run: Path, classifier_dir: Path) -> str:
-    """The real app (page, static files and API), with the classifier, on a free loopback
-    port."""
-    import ray
-    from ray import serve
-
-    from sepsis_rl.serve.app import build
-
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        checkpoint = tiny_sepsis_run / "checkpoints" / "last"
-        app = build({"checkpoint": str(checkpoint), "classifier": str(classifier_dir)})
-        serve.run(app, name="browser", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
 TOKEN = "browser-test-token-0123456789abcdef"
+LOCKED = "/locked"
+"""Route prefix of the second application, which requires `TOKEN`."""
 
 
 @pytest.fixture(scope="module")
-def token_url(base_url: str, tiny_sepsis_run: Path, tmp_path_factory) -> str:
-    """A second application of the same checkpoint, without a classifier, that requires a bearer
-    token, under a route prefix (the page's URLs are relative, so it works there too)."""
+def base_url(tiny_sepsis_run: Path, classifier_dir: Path, tmp_path_factory) -> str:
+    """The real app (page, static files and API), with the classifier, on a free loopback port,
+    behind the default ingress; and under `LOCKED` a second application of the same checkpoint,
+    without a classifier, that requires a bearer token (the page's URLs are relative, so it
+    works there too). Both are deployed before any browser connects: HAProxy learns a new route
+    on a reload, and a connection kept alive from before still reaches the old configuration."""
     from ray import serve
 
     from sepsis_rl.serve.app import build
+    from sepsis_rl.serve.ingress import HAPROXY, local_serve, wait_until_ready
 
     token_file = tmp_path_factory.mktemp("token") / "token"
     token_file.write_text(TOKEN + "\n")
-    checkpoint = tiny_sepsis_run / "checkpoints" / "last"
-    app = build({"checkpoint": str(checkpoint), "token_file": str(token_file)})
-    serve.run(app, name="browser-token", route_prefix="/locked")
-    return f"{base_url}/locked/"
+    checkpoint = str(tiny_sepsis_run / "checkpoints" / "last")
+    port = _free_port()
+    with local_serve("127.0.0.1", port, HAPROXY, num_cpus=2):
+        app = build({"checkpoint": checkpoint, "classifier": str(classifier_dir)})
+        serve.run(app, name="browser", route_prefix="/")
+        locked = build({"checkpoint": checkpoint, "token_file": str(token_file)})
+        serve.run(locked, name="browser-token", route_prefix=LOCKED)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url)
+        wait_until_ready(url + LOCKED)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def token_url(base_url: str) -> str:
+    """The page of the application that requires `TOKEN`."""
+    return f"{base_url}{LOCKED}/"
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,13 @@ import typer
 from sepsis_rl.cli.console import EXIT_INTERRUPTED, console, err_console, fail
 
 LOOPBACK = "127.0.0.1"
+
+
+class Ingress(StrEnum):
+    """`--ingress`: how requests reach the replicas (`sepsis_rl.serve.ingress`)."""
+
+    haproxy = "haproxy"
+    proxy = "proxy"
 
 
 def serve_cmd(
@@ -37,13 +45,20 @@ def serve_cmd(
         Path | None,
         typer.Option(help="File holding a bearer token every /v1/ request but health must send."),
     ] = None,
+    ingress: Annotated[
+        Ingress,
+        typer.Option(
+            help="haproxy: HAProxy forwards each request straight to a replica (fast); proxy: "
+            "Ray Serve's Python proxy (about 6 times slower; where HAProxy does not run)."
+        ),
+    ] = Ingress.haproxy,
 ) -> None:
     """Serve a trained policy over HTTP (Ray Serve + FastAPI): a web page at /, the API under
     /v1/ (health, model, recommend, stay, what-if), its description at /docs. Runs until Ctrl-C.
 
     Research software: the answers come from a policy trained in a simulator, not a clinical
     tool."""
-    from sepsis_rl.serve.app import APP_NAME, QUIET_LOGGING, REPLICA_CPUS, ServeArgs, build
+    from sepsis_rl.serve.app import APP_NAME, REPLICA_CPUS, ServeArgs, build
 
     _check_checkpoint(checkpoint)
     if classifier is not None:
@@ -71,45 +86,54 @@ def serve_cmd(
     import ray
     from ray import serve
 
-    from sepsis_rl.common.ray_local import init_ray
+    from sepsis_rl.serve.ingress import local_serve, wait_until_ready
 
+    url = f"http://{host}:{port}"
     try:
-        init_ray(num_cpus=cpus)  # RAY_ADDRESS: join that cluster; else a local Ray on loopback
-    except ConnectionError as err:
+        # RAY_ADDRESS: join that cluster; else a local Ray on loopback, with the ingress's
+        # environment set before it starts.
+        with local_serve(host, port, ingress.value, num_cpus=cpus):
+            if cluster:
+                err_console.print(
+                    f"joined the cluster at {cluster}: requests reach the replicas the way its "
+                    "nodes were started (--ingress applies to a local server; README, 'On a "
+                    "cluster')",
+                    style="dim",
+                    highlight=False,
+                )
+                _check_replicas(
+                    replicas, REPLICA_CPUS, ray.cluster_resources().get("CPU", 0), "the cluster's"
+                )
+            # After ray.init, which installs its own SIGTERM handler (log and die): a SIGTERM,
+            # like Ctrl-C, must end in serve.shutdown and ray.shutdown, or Ray's agents outlive
+            # the server.
+            stop = threading.Event()
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                err_console.print(
+                    f"starting {replicas} replica(s) of {checkpoint} ({ingress.value} ingress) ...",
+                    highlight=False,
+                )
+                try:
+                    serve.run(build(args), name=APP_NAME, route_prefix="/")
+                    wait_until_ready(url)
+                except (RuntimeError, TimeoutError) as err:  # a replica's constructor failed
+                    raise fail(f"the server did not start: {err}") from None
+                console.print(f"serving {checkpoint} at [bold]{url}/[/] (API docs: {url}/docs)")
+                if token_file:
+                    console.print(
+                        f"/v1/ requests need: Authorization: Bearer <the token in {token_file}>"
+                    )
+                console.print("Ctrl-C stops the server", style="dim")
+                while not stop.wait(1.0):
+                    pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+    except (ConnectionError, FileNotFoundError) as err:
         raise fail(str(err)) from None
-    if cluster:
-        try:
-            _check_replicas(
-                replicas, REPLICA_CPUS, ray.cluster_resources().get("CPU", 0), "the cluster's"
-            )
-        except typer.Exit:
-            ray.shutdown()
-            raise
-    # After ray.init, which installs its own SIGTERM handler (log and die): a SIGTERM, like
-    # Ctrl-C, must end in serve.shutdown and ray.shutdown, or Ray's agents outlive the server.
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGGING)
-        err_console.print(f"starting {replicas} replica(s) of {checkpoint} ...", highlight=False)
-        try:
-            serve.run(build(args), name=APP_NAME, route_prefix="/")
-        except RuntimeError as err:  # a replica's constructor failed every retry
-            raise fail(f"the server did not start: {err}") from None
-        url = f"http://{host}:{port}"
-        console.print(f"serving {checkpoint} at [bold]{url}/[/] (API docs: {url}/docs)")
-        if token_file:
-            console.print(f"/v1/ requests need: Authorization: Bearer <the token in {token_file}>")
-        console.print("Ctrl-C stops the server", style="dim")
-        while not stop.wait(1.0):
-            pass
     except KeyboardInterrupt:
         err_console.print("stopping", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _check_replicas(replicas: int, each: float, cpus: float, whose: str) -> None:
