@@ -233,6 +233,35 @@ def test_with_a_key_a_file_and_its_manifest_changed_together_are_refused(tmp_pat
     verify_manifest(folder, "test-kind")  # without the key the rewrite goes unnoticed
 
 
+def test_the_manifest_records_the_source_commit_and_when_under_the_signature(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    from datetime import UTC, datetime
+
+    from sepsis_rl.common.manifest import read_provenance
+    from sepsis_rl.common.provenance import DIRTY_SUFFIX, short_commit, source_commit
+
+    folder = _folder(tmp_path / "f")
+    before = datetime.now(UTC).replace(microsecond=0)
+    path = write_manifest(folder, "test-kind", key=KEY)
+    recorded = read_provenance(folder)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
+    ).stdout.strip()
+    assert recorded["commit"] == source_commit()
+    assert recorded["commit"].removesuffix(DIRTY_SUFFIX) == head
+    assert short_commit(recorded["commit"]).startswith(head[:7])
+    written = datetime.fromisoformat(recorded["written_at"].replace("Z", "+00:00"))
+    assert before <= written <= datetime.now(UTC)
+    forged = json.loads(path.read_text())
+    forged["commit"] = "0" * 40  # the signature covers the record too
+    path.write_text(json.dumps(forged))
+    with pytest.raises(ManifestError, match="signature does not match"):
+        verify_manifest(folder, "test-kind", key=KEY)
+    assert read_provenance(tmp_path / "nothing") == {"written_at": None, "commit": None}
+
+
 def test_the_key_comes_from_the_file_the_environment_names(tmp_path: Path, monkeypatch) -> None:
     assert configured_key() is None
     monkeypatch.setenv(KEY_FILE_ENV, str(_key_file(tmp_path, KEY)))

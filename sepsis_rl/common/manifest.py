@@ -9,6 +9,8 @@ naming the file and what was expected.
     {
       "format": "sepsis-rl-manifest/1",
       "kind": "what wrote the folder (a loader refuses another kind)",
+      "written_at": "2026-12-01T04:50:00Z",                  UTC, when it was written
+      "commit": "<40 hex digits>[+dirty]" or null,           the source that wrote it
       "files": {"relative/path.pkl": {"bytes": 1234, "sha256": "..."}, ...},
       "signature": {"algorithm": "HMAC-SHA256", "value": "..."}     only with a key
     }
@@ -27,10 +29,12 @@ import hashlib
 import hmac
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sepsis_rl.common.files import write_json_atomic
+from sepsis_rl.common.provenance import source_commit
 
 MANIFEST_FILE = "MANIFEST.json"
 """The manifest's name inside the folder it describes."""
@@ -87,15 +91,18 @@ def configured_key() -> bytes | None:
 def write_manifest(folder: str | Path, kind: str, key: bytes | None = None) -> Path:
     """Record the size and sha256 of every file under `folder` in `folder/MANIFEST.json`.
 
-    `kind` says what wrote the folder; `verify_manifest` refuses another kind. With `key` (by
-    default the configured key, if any) the manifest is signed. Written atomically; an existing
-    manifest is replaced.
+    `kind` says what wrote the folder; `verify_manifest` refuses another kind. The manifest also
+    records when it was written and the source commit (`sepsis_rl.common.provenance`). With
+    `key` (by default the configured key, if any) the manifest is signed. Written atomically;
+    an existing manifest is replaced.
     """
     folder = Path(folder)
     key = key if key is not None else configured_key()
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "kind": kind,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "commit": source_commit(),
         "files": {name: _describe(folder / name) for name in folder_files(folder)},
     }
     if key is not None:
@@ -175,6 +182,18 @@ def _describe(path: Path) -> dict[str, Any]:
 def _sha256(path: Path) -> str:
     with path.open("rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any]:
+    """`{"written_at", "commit"}` from `folder`'s manifest, each None when it is not recorded
+    (a manifest written before they were, or none). Reads only; `verify_manifest` checks."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
+    return {name: manifest.get(name) for name in ("written_at", "commit")}
 
 
 def _signed_bytes(manifest: dict[str, Any]) -> bytes:

@@ -31,7 +31,7 @@ from sepsis_env.env import (
 )
 from sepsis_env.ids import is_sepsis_env
 from sepsis_env.policies import clinician_protocol
-from sepsis_rl.common.manifest import MANIFEST_FILE
+from sepsis_rl.common.manifest import MANIFEST_FILE, read_provenance
 from sepsis_rl.serve.problems import InputError, Problem
 from sepsis_rl.serve.stay import RiskModel, read_stay, risk_or_none, stay_vitals
 from sepsis_rl.serve.what_if import baseline_policies, simulate
@@ -81,11 +81,20 @@ class PolicyService:
             "checkpoint": str(self.checkpoint.resolve()),
             "algo": self.options.algo,
             "env": self.options.env,
-            "commit": None,  # `sepsis-rl train` records no commit yet
-            "trained_at": _written_at(self.checkpoint),
+            **self._provenance(),
             "classifier": str(self.classifier_dir.resolve()) if self.classifier_dir else None,
             "value_kind": self.value_kind,
             "actions": list(ACTION_NAMES),
+        }
+
+    def _provenance(self) -> dict[str, Any]:
+        """The commit that trained the policy and when its checkpoint was written (its
+        manifest's record; for a manifest written before that was recorded, no commit and the
+        manifest's modification time)."""
+        recorded = read_provenance(self.checkpoint)
+        return {
+            "commit": recorded["commit"],
+            "trained_at": recorded["written_at"] or _written_at(self.checkpoint),
         }
 
     def model(self) -> dict[str, Any]:
