@@ -430,6 +430,22 @@ def test_cli_refuses_bad_inputs_before_starting_ray(checkpoint, tmp_path):
             assert words in result.output, (args, result.output)
 
 
+def test_cli_refuses_a_classifier_whose_preprocessing_changed(checkpoint, classifier_dir):
+    """The preprocessing is unpickled to score a stay: its sha256, recorded with the classifier
+    (under the model folder's manifest), is checked first."""
+    from data_prep.prepare import PREPROCESSING_FILE
+
+    path = classifier_dir.parent.parent / "prepared" / PREPROCESSING_FILE
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\0")
+        result = _cli("--checkpoint", str(checkpoint), "--classifier", str(classifier_dir))
+        assert result.exit_code == 2, result.output
+        assert "changed since the classifier" in " ".join(result.output.split()), result.output
+    finally:
+        path.write_bytes(original)
+
+
 def _descendants(pid: int) -> set[int]:
     """`pid` and every process below it (Ray's raylet, workers and HAProxy included)."""
     children: dict[int, list[int]] = {}

@@ -176,11 +176,12 @@ def folder_files(folder: str | Path) -> list[str]:
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as stream:
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, in hex."""
+    with Path(path).open("rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
@@ -275,7 +276,7 @@ def _differences(folder: Path, expected: dict[str, dict[str, Any]]) -> list[str]
             problems.append(f"{folder / name} is missing (expected {want})")
             continue
         size = (folder / name).stat().st_size
-        digest = _sha256(folder / name)
+        digest = file_sha256(folder / name)
         if size != entry["bytes"] or not hmac.compare_digest(digest, entry["sha256"]):
             problems.append(
                 f"{folder / name} is damaged or was replaced: it has {size} bytes (sha256 "

@@ -161,14 +161,18 @@ class RiskModel:
 
 def preprocessing_file(classifier_folder: str | Path) -> Path:
     """The `preprocessing.joblib` of the `data prepare` folder a classifier was trained on (its
-    `best_model.json` records the features file, `trained_on.features`).
+    `best_model.json` records the features file, `trained_on.features`), checked against the
+    sha256 recorded beside it (`trained_on.preprocessing_sha256`) before anything unpickles it.
 
-    Raises FileNotFoundError saying what is missing."""
+    Raises FileNotFoundError saying what is missing, ManifestError when the file changed."""
     import json
+
+    from sepsis_rl.common.manifest import ManifestError, file_sha256
 
     meta_path = Path(classifier_folder) / MODEL_META_FILE
     try:
-        features = json.loads(meta_path.read_text())["trained_on"]["features"]
+        trained_on = json.loads(meta_path.read_text())["trained_on"]
+        features = trained_on["features"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise FileNotFoundError(
             f"{meta_path} does not name the features the classifier was trained on "
@@ -180,6 +184,19 @@ def preprocessing_file(classifier_folder: str | Path) -> Path:
             f"{path} is missing: the hourly risk cleans and summarises a stay as `data prepare` "
             f"did for the classifier ({meta_path} names {features}); keep that folder where it "
             "was, or serve without --classifier"
+        )
+    expected = trained_on.get("preprocessing_sha256")
+    if not expected:
+        raise ManifestError(
+            f"{meta_path} records no sha256 of {path} (a classifier written before it was "
+            "recorded): its preprocessing cannot be checked before it is unpickled; run "
+            "`sepsis-rl classify` again, or serve without --classifier"
+        )
+    if file_sha256(path) != expected:
+        raise ManifestError(
+            f"{path} changed since the classifier in {classifier_folder} was trained (its sha256 "
+            f"differs from the one in {meta_path}): prepare the data again and run `sepsis-rl "
+            "classify` again, or serve without --classifier"
         )
     return path
 

@@ -109,6 +109,10 @@ def save_model(
         "trained_on": {
             "features": str(table.source),
             "patients": int((table.frame["split"] == "train").sum()),
+            # The fitted cleaning and features of that `data prepare` folder, pinned by hash:
+            # `sepsis-rl serve` unpickles it to score a stay hour by hour, and this file is
+            # covered by the model folder's (signed) manifest.
+            "preprocessing_sha256": _preprocessing_sha256(Path(table.source)),
         },
         "seed": config.settings.seed,
         "versions": _versions(),
@@ -116,6 +120,14 @@ def save_model(
     write_json_atomic(folder / MODEL_META_FILE, metadata)
     write_manifest(folder, MODEL_KIND)
     return model_path
+
+
+def _preprocessing_sha256(features: Path) -> str | None:
+    from data_prep.prepare import PREPROCESSING_FILE
+    from sepsis_rl.common.manifest import file_sha256
+
+    path = features.parent / PREPROCESSING_FILE
+    return file_sha256(path) if path.is_file() else None
 
 
 def trust_model_folder(folder: Path) -> Path:
