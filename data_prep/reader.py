@@ -9,6 +9,11 @@ for the header, and concatenated in chunks of a few thousand files; each chunk i
 multi-threaded Arrow CSV call and validated with array arithmetic. Only when a chunk fails does a
 slow line-by-line validator run over that chunk's files, to say exactly which file, line and
 column is wrong.
+
+Unlabelled files: the Challenge's hidden test files have the 40 variables and no `SepsisLabel`
+column. They are refused (naming the file) unless `read_cohort(..., allow_unlabelled=True)`, as
+scoring asks; preparing and training need the label and never ask. An accepted unlabelled file
+gets a null label on every row and passes every other check of a labelled one.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from data_prep.schema import (
 
 FILES_PER_CHUNK = 4096
 _HEADER_BYTES = (HEADER_LINE + "\n").encode()
+_UNLABELLED_HEADER_BYTES = (SEPARATOR.join(VARIABLES) + "\n").encode()
+_NOT_SPACE = re.compile(rb"\S")  # bytes.strip()'s whitespace is \s
 _NUMBER = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _PATIENT_FILE = re.compile(r"p(\d+)$")
 _SET_FOLDER = re.compile(r"set_?([AB])$", re.IGNORECASE)
@@ -100,12 +107,21 @@ class ReadResult:
     input_kind: str = ""
 
 
-def read_cohort(path: Path, skip_bad: bool = False, progress: Progress | None = None) -> ReadResult:
+def read_cohort(
+    path: Path,
+    skip_bad: bool = False,
+    progress: Progress | None = None,
+    allow_unlabelled: bool = False,
+) -> ReadResult:
     """Read any accepted input into the canonical hourly table (see module docstring).
 
     Raises `DataFormatError` on the first malformed file unless `skip_bad`, in which case bad files
     (or patients) are left out and listed in `ReadResult.skipped`. Raises `FileNotFoundError` for a
     missing path and `DataFormatError` for an input with no patients.
+
+    `allow_unlabelled` also accepts `.psv` files (in a folder or a zip) without the `SepsisLabel`
+    column, as the Challenge's test files were: their rows get a null label. Without it such a
+    file is malformed. The tables (consolidated CSV, Parquet) always need the label.
     """
     path = Path(path)
     if not path.exists():
@@ -131,7 +147,7 @@ def read_cohort(path: Path, skip_bad: bool = False, progress: Progress | None = 
         )
     if not members:
         raise DataFormatError(str(path), "empty input: no .psv files found")
-    return _finish(_read_psv_members(members, skip_bad, progress), kind)
+    return _finish(_read_psv_members(members, skip_bad, progress, allow_unlabelled), kind)
 
 
 # --- .psv files ----------------------------------------------------------------------------------
@@ -193,7 +209,9 @@ def _zip_members(path: Path) -> list[_Member]:
     return members
 
 
-def _read_psv_members(members: list[_Member], skip_bad: bool, progress: Progress | None):
+def _read_psv_members(
+    members: list[_Member], skip_bad: bool, progress: Progress | None, allow_unlabelled: bool
+):
     skipped: list[SkippedFile] = []
     n_files = len(members)  # every file found, duplicates and bad ones included
     members = _drop_duplicate_ids(members, skip_bad, skipped)
@@ -202,7 +220,7 @@ def _read_psv_members(members: list[_Member], skip_bad: bool, progress: Progress
     for start in range(0, len(members), FILES_PER_CHUNK):
         chunk = members[start : start + FILES_PER_CHUNK]
         contents = [m.load() for m in chunk]
-        table, good = _parse_psv_chunk(chunk, contents, skip_bad, skipped)
+        table, good = _parse_psv_chunk(chunk, contents, skip_bad, skipped, allow_unlabelled)
         if table is not None:
             tables.append(table)
             kept.extend(good)
@@ -237,19 +255,27 @@ def _drop_duplicate_ids(members, skip_bad, skipped) -> list[_Member]:
     return unique
 
 
-def _split_header(member: _Member, content: bytes) -> tuple[bytes, int]:
-    """Return the body (rows after the header, ending in a newline) and its row count.
-    Windows line endings (CRLF) are accepted: a file saved on Windows is still the format."""
+def _split_header(
+    member: _Member, content: bytes, allow_unlabelled: bool = False
+) -> tuple[bytes | memoryview, int, bool]:
+    """Return the body (rows after the header, ending in a newline), its row count, and whether
+    the file has the label column (False only for an unlabelled file, when allowed).
+    Windows line endings (CRLF) are accepted: a file saved on Windows is still the format.
+    The body is a view of `content` when it can be (no copy: the chunk's join is the one copy)."""
     if b"\r" in content:
         content = content.replace(b"\r\n", b"\n")
-    if not content.startswith(_HEADER_BYTES):
+    if content.startswith(_HEADER_BYTES):
+        header, labelled = _HEADER_BYTES, True
+    elif allow_unlabelled and content.startswith(_UNLABELLED_HEADER_BYTES):
+        header, labelled = _UNLABELLED_HEADER_BYTES, False
+    else:
         raise _header_error(member.display, content)
-    body = content[len(_HEADER_BYTES) :]
-    if not body.strip():
+    start = len(header)
+    if _NOT_SPACE.search(content, start) is None:
         raise DataFormatError(member.display, "no data rows after the header", line=2)
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    return body, body.count(b"\n")
+    if content.endswith(b"\n"):
+        return memoryview(content)[start:], content.count(b"\n", start), labelled
+    return content[start:] + b"\n", content.count(b"\n", start) + 1, labelled
 
 
 def _header_error(display: str, content: bytes) -> DataFormatError:
@@ -257,11 +283,12 @@ def _header_error(display: str, content: bytes) -> DataFormatError:
     if not first:
         return DataFormatError(display, "empty file: expected the PhysioNet 2019 header", line=1)
     names = first.split(SEPARATOR)
-    if names == list(HEADER[:-1]):
+    if names == list(VARIABLES):
         return DataFormatError(
             display,
             f"header has no {LABEL} column: this looks like unlabelled challenge test data; "
-            "preparing needs labelled training files",
+            "preparing and training need labelled files (scoring with `classify-score --task "
+            "hourly` reads unlabelled ones)",
             line=1,
         )
     for i, (got, want) in enumerate(zip(names, HEADER, strict=False), start=1):
@@ -274,40 +301,32 @@ def _header_error(display: str, content: bytes) -> DataFormatError:
     )
 
 
-def _parse_psv_chunk(chunk, contents, skip_bad, skipped):
-    bodies, good = [], []
-    for member, content in zip(chunk, contents, strict=True):
+def _parse_psv_chunk(chunk, contents, skip_bad, skipped, allow_unlabelled=False):
+    """Parse and check one chunk of files; return its table and [(member, rows)] kept, in file
+    order. Labelled and (when allowed) unlabelled files are parsed apart, then interleaved back."""
+    kinds: dict[bool, tuple[list, list]] = {True: ([], []), False: ([], [])}
+    position = {}
+    for i, (member, content) in enumerate(zip(chunk, contents, strict=True)):
         try:
-            body, n_rows = _split_header(member, content)
+            body, n_rows, labelled = _split_header(member, content, allow_unlabelled)
         except DataFormatError as err:
             if not skip_bad:
                 raise
             skipped.append(SkippedFile(member.display, str(err)))
             continue
+        entries, bodies = kinds[labelled]
+        entries.append((member, n_rows))
         bodies.append(body)
-        good.append((member, n_rows))
-    if not good:
+        position[id(member)] = i
+    parts = []
+    for labelled, (entries, bodies) in kinds.items():
+        if entries:
+            table, kept = _parse_bodies(entries, bodies, labelled, skip_bad, skipped)
+            if kept:
+                parts.append((table, kept, labelled))
+    if not parts:
         return None, []
-    try:
-        table = _arrow_parse(b"".join(bodies))
-        if table.num_rows != sum(n for _m, n in good):
-            raise pa.ArrowInvalid("row count differs from newline count (blank line?)")
-    except pa.ArrowInvalid:
-        # Slow path, only for a chunk that failed: find each bad file exactly.
-        still_good = []
-        for (member, n_rows), body in zip(good, bodies, strict=True):
-            error = _locate_psv_error(member.display, body)
-            if error is None:
-                still_good.append((member, n_rows))
-            elif skip_bad:
-                skipped.append(SkippedFile(member.display, str(error)))
-            else:
-                raise error from None
-        body_of = {id(m): b for (m, _n), b in zip(good, bodies, strict=True)}
-        good = still_good
-        if not good:
-            return None, []
-        table = _arrow_parse(b"".join(body_of[id(m)] for m, _n in good))
+    table, good, labelled = _in_file_order(parts, position)
     offsets = np.concatenate([[0], np.cumsum([n for _m, n in good])])
     bad = _check_rows(
         table,
@@ -315,6 +334,7 @@ def _parse_psv_chunk(chunk, contents, skip_bad, skipped):
         [m.display for m, _n in good],
         line_offset=2,
         patient_ids=[m.patient_id for m, _n in good],
+        labelled=labelled,
     )
     if bad:
         if not skip_bad:
@@ -330,13 +350,57 @@ def _parse_psv_chunk(chunk, contents, skip_bad, skipped):
     return (table if good else None), good
 
 
-def _arrow_parse(data: bytes) -> pa.Table:
+def _parse_bodies(good, bodies, labelled: bool, skip_bad, skipped):
+    """One Arrow parse of files that share a header (with or without the label); a file that
+    fails is found by the slow validator. An unlabelled table gets a NaN label column."""
+    columns = HEADER if labelled else VARIABLES
+    try:
+        table = _arrow_parse(b"".join(bodies), columns)
+        if table.num_rows != sum(n for _m, n in good):
+            raise pa.ArrowInvalid("row count differs from newline count (blank line?)")
+    except pa.ArrowInvalid:
+        # Slow path, only for a chunk that failed: find each bad file exactly.
+        still_good = []
+        for (member, n_rows), body in zip(good, bodies, strict=True):
+            error = _locate_psv_error(member.display, bytes(body), columns)
+            if error is None:
+                still_good.append((member, n_rows))
+            elif skip_bad:
+                skipped.append(SkippedFile(member.display, str(error)))
+            else:
+                raise error from None
+        body_of = {id(m): b for (m, _n), b in zip(good, bodies, strict=True)}
+        good = still_good
+        if not good:
+            return None, []
+        table = _arrow_parse(b"".join(body_of[id(m)] for m, _n in good), columns)
+    if not labelled:
+        table = table.append_column(LABEL, pa.array(np.full(table.num_rows, np.nan)))
+    return table, good
+
+
+def _in_file_order(parts, position):
+    """Concatenate the parsed kinds of a chunk with each file's rows back in file order; return
+    the table, [(member, rows)] and whether each file is labelled."""
+    if len(parts) == 1:
+        table, good, labelled = parts[0]
+        return table, good, np.full(len(good), labelled)
+    entries = [(position[id(m)], m, n, flag) for _t, good, flag in parts for m, n in good]
+    starts = np.cumsum([0] + [n for _p, _m, n, _f in entries])
+    order = sorted(range(len(entries)), key=lambda i: entries[i][0])
+    rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in order])
+    table = pa.concat_tables([t for t, _g, _f in parts]).take(pa.array(rows))
+    good = [(entries[i][1], entries[i][2]) for i in order]
+    return table, good, np.array([entries[i][3] for i in order])
+
+
+def _arrow_parse(data: bytes, columns: tuple[str, ...] = HEADER) -> pa.Table:
     return pacsv.read_csv(
         pa.py_buffer(data),
-        read_options=pacsv.ReadOptions(column_names=list(HEADER), use_threads=True),
+        read_options=pacsv.ReadOptions(column_names=list(columns), use_threads=True),
         parse_options=pacsv.ParseOptions(delimiter=SEPARATOR, quote_char=False),
         convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.float64() for name in HEADER},
+            column_types={name: pa.float64() for name in columns},
             # Arrow reads the token NaN as a float NaN natively: about twice as fast as
             # declaring it a null value.
             null_values=[],
@@ -345,8 +409,11 @@ def _arrow_parse(data: bytes) -> pa.Table:
     )
 
 
-def _locate_psv_error(display: str, body: bytes) -> DataFormatError | None:
-    """Line-by-line check of one file's rows (the slow path): the first malformed token."""
+def _locate_psv_error(
+    display: str, body: bytes, columns: tuple[str, ...] = HEADER
+) -> DataFormatError | None:
+    """Line-by-line check of one file's rows (the slow path): the first malformed token.
+    `columns` are the file's header (the 41 columns, or the 40 of an unlabelled file)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -354,10 +421,10 @@ def _locate_psv_error(display: str, body: bytes) -> DataFormatError | None:
         return DataFormatError(display, "bytes that are not text (UTF-8)", line=line)
     for line_no, line in enumerate(text.split("\n")[:-1], start=2):
         fields = line.rstrip("\r").split(SEPARATOR)
-        if len(fields) != len(HEADER):
+        if len(fields) != len(columns):
             return DataFormatError(
                 display,
-                f"{len(fields)} fields separated by '{SEPARATOR}', expected {len(HEADER)}",
+                f"{len(fields)} fields separated by '{SEPARATOR}', expected {len(columns)}",
                 line=line_no,
             )
         for col, token in enumerate(fields, start=1):
@@ -377,12 +444,15 @@ def _check_rows(
     names: list[str],
     line_offset: int,
     patient_ids: list[str] | None = None,
+    labelled: np.ndarray | None = None,
 ):
     """Vectorised checks of parsed rows grouped into patients by `offsets`.
 
     Returns [(patient index, DataFormatError)], the first problem of each bad patient, in order.
     `line_offset` converts a 0-based row index within a patient to the reported line number;
-    `patient_ids` (one per patient) name the patient in messages where the file alone may not.
+    `patient_ids` (one per patient) name the patient in messages where the file alone may not;
+    `labelled` (one per patient, default all) says whose label is checked: an unlabelled file's
+    NaN label is no error.
     """
     n_rows = table.num_rows
     owner = np.repeat(np.arange(len(names)), np.diff(offsets))
@@ -421,8 +491,9 @@ def _check_rows(
         ),
     )
     label = _numpy(table, LABEL)
+    has_label = np.ones(n_rows, dtype=bool) if labelled is None else labelled[owner]
     flag(
-        ~np.isin(label, (0.0, 1.0)),
+        has_label & ~np.isin(label, (0.0, 1.0)),
         LABEL,
         lambda r: f"{LABEL} is {label[r]}; expected 0 or 1",
     )
@@ -482,7 +553,11 @@ def _cast_canonical(table: pa.Table) -> pa.Table:
         col = table.column(name)
         if name in (TIME,):
             col, typ = pc.cast(col, pa.int32()), pa.int32()
-        elif name in (LABEL, "Gender"):
+        elif name == LABEL:
+            if pc.any(pc.is_nan(col)).as_py():  # unlabelled files (read_cohort's option)
+                col = pc.if_else(pc.is_nan(col), None, col)
+            col, typ = pc.cast(col, pa.int8()), pa.int8()
+        elif name == "Gender":
             col, typ = pc.cast(col, pa.int8()), pa.int8()
         elif name in ("Unit1", "Unit2"):
             col = pc.if_else(pc.is_nan(pc.cast(col, pa.float64())), None, col)

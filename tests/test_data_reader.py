@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from data_prep.reader import DataFormatError, read_cohort
-from data_prep.schema import HEADER, HEADER_LINE, PATIENT
+from data_prep.schema import HEADER, HEADER_LINE, LABEL, PATIENT, SEPARATOR
 from sepsis_rl.cli import app
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -250,3 +250,79 @@ def test_consolidated_csv_errors_name_the_csv_column(small_psv_dir, tmp_path):
         read_cohort(tmp_path / "Dataset.csv")
     position = header.index("SepsisLabel") + 1
     assert f"line 5, column {position} (SepsisLabel)" in str(err.value)
+
+
+def _drop_label_column(path: Path) -> None:
+    """Rewrite a .psv file without its last column (SepsisLabel), as the Challenge's hidden test
+    files were: 40 columns."""
+    lines = path.read_text().splitlines()
+    path.write_text("".join(line.rsplit(SEPARATOR, 1)[0] + "\n" for line in lines))
+
+
+def test_unlabelled_files_are_read_with_a_null_label_only_when_allowed(small_psv_dir, tmp_path):
+    data = _copy(small_psv_dir, tmp_path)
+    files = sorted(data.rglob("*.psv"))
+    unlabelled = files[::3]  # a mixed folder: every third file without the label
+    for path in unlabelled:
+        _drop_label_column(path)
+
+    with pytest.raises(DataFormatError, match="line 1: header has no SepsisLabel column") as info:
+        read_cohort(data)
+    assert str(unlabelled[0]) in str(info.value)
+
+    labelled = read_cohort(small_psv_dir).table.to_pandas()
+    table = read_cohort(data, allow_unlabelled=True).table.to_pandas()
+    assert list(table.columns) == list(labelled.columns)
+    pd.testing.assert_frame_equal(table.drop(columns=LABEL), labelled.drop(columns=LABEL))
+    without = table[PATIENT].isin([p.stem for p in unlabelled]).to_numpy()
+    assert table[LABEL][without].isna().all()
+    assert (table[LABEL][~without] == labelled[LABEL][~without]).all()
+
+    for path in files:  # a folder of the Challenge's test files: no label anywhere
+        if path not in unlabelled:
+            _drop_label_column(path)
+    only = read_cohort(data, allow_unlabelled=True).table
+    assert only.column(LABEL).null_count == only.num_rows == len(labelled)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda s: _set_field(s, "SBP", "12O"),
+            r"line 4, column 4 \(SBP\): '12O' is not a number or NaN",
+        ),
+        (lambda s: s + "|0", r"line 4: 41 fields separated by '\|', expected 40"),
+        (
+            lambda s: _set_field(s, "Unit1", "2"),
+            r"line 4, column 37 \(Unit1\): Unit1 is 2; expected 0, 1 or NaN",
+        ),
+        (
+            lambda s: _set_field(s, "ICULOS", "999"),
+            r"line 4, column 40 \(ICULOS\): ICULOS goes from \d+ to 999",
+        ),
+    ],
+    ids=["token", "columns", "unit-code", "iculos"],
+)
+def test_unlabelled_files_get_every_other_check(small_psv_dir, tmp_path, edit, expected):
+    data = _copy(small_psv_dir, tmp_path)
+    for path in data.rglob("*.psv"):
+        _drop_label_column(path)
+    bad = _first_file(data)
+    _rewrite_line(bad, 4, edit)
+    with pytest.raises(DataFormatError, match=expected) as info:
+        read_cohort(data, allow_unlabelled=True)
+    assert str(bad) in str(info.value)
+
+
+def test_data_prepare_refuses_unlabelled_files_naming_the_file(small_psv_dir, tmp_path):
+    data = _copy(small_psv_dir, tmp_path)
+    bad = _first_file(data)
+    _drop_label_column(bad)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["data", "prepare", "--input", str(data), "--out", str(out)])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert bad.name in message and "line 1" in message
+    assert "header has no SepsisLabel column" in message
+    assert not out.exists()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from data_prep.hourly_features import HourlyFeatureBuilder
 from data_prep.reader import read_cohort
-from data_prep.schema import CANONICAL_COLUMNS, LABEL, PATIENT, TIME
+from data_prep.schema import CANONICAL_COLUMNS, LABEL, PATIENT, SEPARATOR, TIME
 from data_prep.synth import generate_cohort, write_psv_files
 from sepsis_rl.cli import app
 from training.classification.hourly import (
@@ -28,7 +28,9 @@ from training.classification.hourly import (
     load_hourly_model,
     rule_criteria,
     run_hourly,
+    score_psv_folder,
     training_rows,
+    write_challenge_predictions,
 )
 from training.classification.models import ClassifierSettings
 from training.classification.utility import normalised_utility
@@ -168,6 +170,96 @@ def test_classify_score_writes_challenge_files_one_line_per_hour(hourly_run, tmp
         expected = model.predict_hours(table[table[PATIENT] == path.stem])
         np.testing.assert_allclose(written.iloc[:, 0], expected.iloc[:, 0], rtol=1e-5)
         assert (written.iloc[:, 1].to_numpy() == expected.iloc[:, 1].to_numpy()).all()
+
+
+def drop_label_column(folder: Path) -> None:
+    """Rewrite every .psv file under `folder` without its last column (SepsisLabel), as the
+    Challenge's hidden test files were."""
+    for path in folder.rglob("*.psv"):
+        lines = path.read_text().splitlines()
+        path.write_text("".join(line.rsplit(SEPARATOR, 1)[0] + "\n" for line in lines))
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def score_cli(model: Path, psv: Path, out: Path):
+    return CliRunner().invoke(
+        app,
+        ["classify-score", "--task", "hourly", "--model", str(model), "--input", str(psv),
+         "--out", str(out)],
+    )  # fmt: skip
+
+
+def test_classify_score_reads_challenge_test_files_without_labels(hourly_run, tmp_path):
+    _, out = hourly_run
+    labelled, unlabelled = tmp_path / "labelled", tmp_path / "unlabelled"
+    cohort = generate_cohort(25, seed=12)
+    write_psv_files(cohort, labelled)
+    write_psv_files(cohort, unlabelled)
+    drop_label_column(unlabelled)
+    first = next(unlabelled.rglob("*.psv")).read_text().splitlines()[0]
+    assert len(first.split(SEPARATOR)) == 40 and LABEL not in first
+
+    with_labels = score_cli(out / "model", labelled, tmp_path / "pred_labelled")
+    without = score_cli(out / "model", unlabelled, tmp_path / "pred_unlabelled")
+    assert with_labels.exit_code == 0, with_labels.output
+    assert without.exit_code == 0, without.output
+    assert "without SepsisLabel" in without.output
+    assert "without SepsisLabel" not in with_labels.output
+    predicted = folder_bytes(tmp_path / "pred_unlabelled")
+    assert len(predicted) == cohort[PATIENT].nunique()
+    assert predicted == folder_bytes(tmp_path / "pred_labelled")
+
+
+def test_bad_value_in_an_unlabelled_file_is_refused_with_file_line_and_column(hourly_run, tmp_path):
+    _, out = hourly_run
+    psv = tmp_path / "psv"
+    write_psv_files(generate_cohort(5, seed=13), psv)
+    drop_label_column(psv)
+    victim = sorted(psv.rglob("*.psv"))[1]
+    lines = victim.read_text().splitlines()
+    fields = lines[2].split(SEPARATOR)
+    fields[3] = "12O"  # SBP
+    lines[2] = SEPARATOR.join(fields)
+    victim.write_text("\n".join(lines) + "\n")
+    result = score_cli(out / "model", psv, tmp_path / "pred")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert victim.name in message and "line 3" in message and "column 4 (SBP)" in message
+    assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("chunk_hours", [1, 97, 100_000])
+def test_scoring_in_chunks_writes_the_files_of_scoring_all_at_once(
+    hourly_run, tmp_path, chunk_hours
+):
+    _, out = hourly_run
+    model = load_hourly_model(out / "model")
+    write_psv_files(generate_cohort(60, seed=14), tmp_path / "psv")
+    table = read_cohort(tmp_path / "psv").table
+    whole = table.to_pandas()
+    predictions = model.predict_hours(whole)
+    expected = {}  # the Challenge's driver.py: the header, then "%g|%d" per hour
+    for patient, rows in predictions.groupby(whole[PATIENT].to_numpy(), sort=False):
+        lines = [f"{p:g}|{label:d}\n" for p, label in rows.itertuples(index=False)]
+        expected[f"{patient}.psv"] = ("|".join(PREDICTION_HEADER) + "\n" + "".join(lines)).encode()
+
+    chunked = tmp_path / f"chunks_of_{chunk_hours}"
+    assert score_psv_folder(model, table, chunked, chunk_hours=chunk_hours) == len(expected)
+    assert folder_bytes(chunked) == expected
+    write_challenge_predictions(whole[PATIENT], predictions, tmp_path / "whole")
+    assert folder_bytes(tmp_path / "whole") == expected
+
+
+def test_scoring_a_shuffled_table_writes_the_same_files(hourly_run, small_cohort, tmp_path):
+    _, out = hourly_run
+    model = load_hourly_model(out / "model")
+    score_psv_folder(model, small_cohort, tmp_path / "ordered", chunk_hours=500)
+    shuffled = small_cohort.sample(frac=1.0, random_state=0)
+    score_psv_folder(model, shuffled, tmp_path / "shuffled", chunk_hours=500)
+    assert folder_bytes(tmp_path / "shuffled") == folder_bytes(tmp_path / "ordered")
 
 
 def test_bad_psv_exits_2_naming_file_line_and_column_and_writes_nothing(hourly_run, tmp_path):

@@ -350,7 +350,8 @@ def score_cmd(
             "--features",
             "--input",
             help="Patient features (.parquet or .csv) as `data prepare` writes; for --task "
-            "hourly, a folder (or .zip) of PhysioNet .psv files.",
+            "hourly, a folder (or .zip) of PhysioNet .psv files, with or without the "
+            "SepsisLabel column (the Challenge's test files have none).",
         ),
     ],
     out: Annotated[
@@ -410,10 +411,12 @@ def score_cmd(
 
 
 def _score_hourly(model: Path, psv: Path, out: Path | None) -> None:
-    """`classify-score --task hourly`: bad input refused (file, line, column) before scoring."""
+    """`classify-score --task hourly`: bad input refused (file, line, column) before scoring.
+    Files without SepsisLabel (the Challenge's test files) are scored like labelled ones."""
     import time
 
     from data_prep.reader import DataFormatError, read_cohort
+    from data_prep.schema import LABEL
     from training.classification.hourly import load_hourly_model, score_psv_folder
     from training.classification.model_file import ModelFileError
 
@@ -424,7 +427,7 @@ def _score_hourly(model: Path, psv: Path, out: Path | None) -> None:
         raise fail(f"--input {psv} does not exist; give a folder (or .zip) of .psv files")
     start = time.perf_counter()
     try:
-        table = read_cohort(psv).table.to_pandas()
+        table = read_cohort(psv, allow_unlabelled=True).table
     except (DataFormatError, FileNotFoundError) as err:
         raise fail(str(err)) from None
     try:
@@ -433,9 +436,11 @@ def _score_hourly(model: Path, psv: Path, out: Path | None) -> None:
     except ModelFileError as err:
         raise fail(str(err)) from None
     seconds = time.perf_counter() - start
+    unlabelled = table.column(LABEL).null_count
+    labels = "" if unlabelled == 0 else f", {unlabelled:,} of them without SepsisLabel"
     console.print(
-        f"scored {len(table):,} hours of {n_files:,} patients in {seconds:.1f} s "
-        f"({len(table) / seconds:,.0f} hours/s); wrote {n_files:,} .psv files to {out}"
+        f"scored {table.num_rows:,} hours{labels} of {n_files:,} patients in {seconds:.1f} s "
+        f"({table.num_rows / seconds:,.0f} hours/s); wrote {n_files:,} .psv files to {out}"
     )
 
 

@@ -39,8 +39,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -314,7 +315,8 @@ def rule_criteria(features: pd.DataFrame, rule: str) -> np.ndarray:
 
 
 PREDICT_CHUNK_HOURS = 65_536
-"""Hours scored per call: features are cast to float64 a chunk at a time."""
+"""Hours scored per call: features are cast to float64 a chunk at a time, and `score_psv_folder`
+builds the features of about this many hours (whole stays) at a time."""
 
 
 def hour_probabilities(pipeline: Pipeline, features: pd.DataFrame) -> np.ndarray:
@@ -538,8 +540,14 @@ def load_hourly_model(folder: Path) -> HourlyModel:
 
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-WRITER_THREADS = 2
-"""Threads that create the prediction files."""
+WRITER_THREADS = 1
+"""Threads that create the prediction files, beside the caller's scoring. One: creating a file
+takes its folder's lock, so a second thread in the same folder mostly spins on it (40,336 files
+on the reference machine's ext4: about 1.0 s of CPU with one thread, 1.0-4.7 s with two)."""
+WRITE_BATCH_FILES = 512
+"""Prediction files per writer task."""
+_PREDICTION_LINE = "%g|%d"
+_PREDICTION_FILE_HEADER = "|".join(PREDICTION_HEADER) + "\n"
 
 
 def write_challenge_predictions(
@@ -548,56 +556,101 @@ def write_challenge_predictions(
     """One `<patient>.psv` per patient in `folder` (all or nothing), with the header
     `PredictedProbability|PredictedLabel` and one `%g|%d` line per hour, as Challenge entries
     wrote them. `patient_ids` is each row's patient, hours contiguous. Returns the file count."""
-    ids = np.asarray(patient_ids)
-    lines = list(
-        map(
-            "%g|%d".__mod__,
-            zip(
-                predictions[PREDICTION_HEADER[0]].tolist(),
-                predictions[PREDICTION_HEADER[1]].tolist(),
-                strict=True,
-            ),
+    with challenge_prediction_files(folder) as files:
+        files.add(patient_ids, predictions)
+    return files.n_files
+
+
+class ChallengePredictionFiles:
+    """Prediction files being written into a staging folder (`challenge_prediction_files`).
+
+    `add` queues the files of some patients and returns at once: a background thread
+    (`WRITER_THREADS`) formats and writes them while the caller scores the next patients.
+    `os.open` relative to the folder's descriptor skips resolving the path for every file.
+    """
+
+    def __init__(self, folder_fd: int, pool: ThreadPoolExecutor):
+        self._folder_fd = folder_fd
+        self._pool = pool
+        self._pending: list = []
+        self.n_files = 0
+        """Files queued so far (one per patient)."""
+
+    def add(self, patient_ids: np.ndarray, predictions: pd.DataFrame) -> None:
+        """Queue one file per patient of these rows: `patient_ids` is each row's patient, each
+        patient's hours contiguous, in order and all in this call."""
+        ids = np.asarray(patient_ids)
+        if ids.size == 0:
+            return
+        probability = predictions[PREDICTION_HEADER[0]].to_numpy()
+        label = predictions[PREDICTION_HEADER[1]].to_numpy()
+        starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1]
+        bounds = np.r_[starts, ids.size]
+        for first in range(0, starts.size, WRITE_BATCH_FILES):
+            last = min(first + WRITE_BATCH_FILES, starts.size)
+            rows = slice(int(bounds[first]), int(bounds[last]))
+            self._pending.append(
+                self._pool.submit(
+                    self._write,
+                    ids[starts[first:last]].tolist(),
+                    (bounds[first : last + 1] - bounds[first]).tolist(),
+                    probability[rows],
+                    label[rows],
+                )
+            )
+        self.n_files += int(starts.size)
+
+    def _write(self, names: list[str], bounds: list[int], probability, label) -> None:
+        """Write the files of `names`; file i holds rows bounds[i]:bounds[i + 1]."""
+        lines = list(
+            map(_PREDICTION_LINE.__mod__, zip(probability.tolist(), label.tolist(), strict=True))
         )
-    )
-    change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
-    starts, ends = np.r_[0, change], np.r_[change, ids.size]
-    header = "|".join(PREDICTION_HEADER) + "\n"
-    folder = Path(folder)
-
-    def write_all(target: Path) -> None:
-        # Tens of thousands of small files: creating them waits on the file system, not the
-        # CPU, so two threads overlap the waits (4x faster on the reference machine's ext4);
-        # os.open relative to the folder's descriptor skips resolving the path for every file.
-        where = os.open(target, os.O_RDONLY)
-
-        def write_one(bounds: tuple[int, int]) -> None:
-            start, end = bounds
-            text = header + "\n".join(lines[start:end]) + "\n"
-            fd = os.open(f"{ids[start]}.psv", _NEW_FILE, 0o644, dir_fd=where)
+        for name, start, end in zip(names, bounds[:-1], bounds[1:], strict=True):
+            text = _PREDICTION_FILE_HEADER + "\n".join(lines[start:end]) + "\n"
+            fd = os.open(f"{name}.psv", _NEW_FILE, 0o644, dir_fd=self._folder_fd)
             try:
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)
 
-        try:
-            with ThreadPoolExecutor(WRITER_THREADS) as pool:
-                list(pool.map(write_one, zip(starts.tolist(), ends.tolist(), strict=True)))
-        finally:
-            os.close(where)
+    def _finish(self) -> None:
+        """Wait for every queued file; raise the first writer's error, if any."""
+        for pending in self._pending:
+            pending.result()
 
-    if folder.exists():  # into an existing folder: each file moved in whole
-        with staged_directory(folder) as stage:
-            write_all(stage)
-    else:  # a new folder appears whole, in one rename
-        check_output_folder(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+
+@contextmanager
+def challenge_prediction_files(folder: Path) -> Iterator[ChallengePredictionFiles]:
+    """`ChallengePredictionFiles` to `add` predictions to; when the block ends without error,
+    every file lands in `folder` (a new folder appears whole, in one rename; into an existing
+    folder each file is moved in whole); on any error none does."""
+    with _prediction_stage(Path(folder)) as stage:
+        folder_fd = os.open(stage, os.O_RDONLY)
+        pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="prediction-files")
+        files = ChallengePredictionFiles(folder_fd, pool)
         try:
-            write_all(stage)
-            os.replace(stage, folder)
+            yield files
+            files._finish()
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
-    return int(starts.size)
+            pool.shutdown(wait=True, cancel_futures=True)
+            os.close(folder_fd)
+
+
+@contextmanager
+def _prediction_stage(folder: Path) -> Iterator[Path]:
+    """A staging folder whose files land in `folder` when the block ends without error."""
+    if folder.exists():
+        with staged_directory(folder) as stage:
+            yield stage
+        return
+    check_output_folder(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        yield stage
+        os.replace(stage, folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 # --- The run -----------------------------------------------------------------------------------
@@ -913,9 +966,58 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def score_psv_folder(model: HourlyModel, table: pd.DataFrame, out_dir: Path) -> int:
-    """Score a canonical hourly table read from a folder of `.psv` files and write one
-    prediction file per patient into `out_dir` (all or nothing). Returns the number of files."""
-    table = in_stay_order(table)
-    predictions = model.predict_hours(table)
-    return write_challenge_predictions(table[PATIENT].to_numpy(), predictions, out_dir)
+def score_psv_folder(
+    model: HourlyModel,
+    table: pa.Table | pd.DataFrame,
+    out_dir: Path,
+    chunk_hours: int = PREDICT_CHUNK_HOURS,
+) -> int:
+    """Score a canonical hourly table read from a folder of `.psv` files (the reader's Arrow
+    table, or a DataFrame) and write one prediction file per patient into `out_dir` (all or
+    nothing). Returns the number of files. The label column is not read: it may be null.
+
+    Whole stays are scored about `chunk_hours` at a time, each chunk's files written by a
+    background thread while the next chunk is scored. Each hour's features and probability
+    depend on its own stay only, so the files are byte for byte those of scoring the whole table
+    at once (`predict_hours` then `write_challenge_predictions`); memory stays that of a chunk
+    (the whole cohort's features are about 1.4 GB), which also spares the kernel's page faults.
+    """
+    if chunk_hours < 1:
+        raise ValueError(f"chunk_hours must be at least 1, got {chunk_hours}")
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    table, ids = _arrow_in_stay_order(table)
+    stay_starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1] if ids.size else ids
+    with challenge_prediction_files(out_dir) as files:
+        for start, stop in _whole_stay_chunks(stay_starts, ids.size, chunk_hours):
+            # split_blocks: each column its own block, so no 2-D copy of the chunk is made
+            hours = table.slice(start, stop - start).to_pandas(split_blocks=True)
+            files.add(ids[start:stop], model.predict_hours(hours))
+    return files.n_files
+
+
+def _whole_stay_chunks(
+    stay_starts: np.ndarray, n_rows: int, size: int
+) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges that cover `n_rows` rows in order, each made of whole stays
+    (`stay_starts`: the first row of each stay) and at most `size` rows, unless a single stay is
+    longer."""
+    bounds = np.r_[stay_starts, n_rows].astype(np.int64)
+    start = 0
+    while start < n_rows:
+        stop = int(bounds[np.searchsorted(bounds, start + size, side="right") - 1])
+        if stop <= start:  # one stay longer than `size`: a chunk of its own
+            stop = int(bounds[np.searchsorted(bounds, start, side="right")])
+        yield start, stop
+        start = stop
+
+
+def _arrow_in_stay_order(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """`table` in `in_stay_order`'s order (the reader's tables already are: then no copy) and
+    each row's patient id."""
+    keys = table.select([PATIENT, TIME]).to_pandas()
+    keys["row"] = np.arange(len(keys))
+    ordered = in_stay_order(keys)
+    if ordered is not keys:
+        table = table.take(pa.array(ordered["row"].to_numpy()))
+    return table, ordered[PATIENT].to_numpy()
