@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sepsis_rl.cli import app
+from training.study.report import HOURLY_TITLE
 
 # A study smaller than --quick, so the suite stays fast; every stage still runs for real.
 TINY = {
@@ -24,6 +25,8 @@ TINY = {
            "num_env_runners": 1, "num_cpus_per_env_runner": 0.5},
     "evaluation_episodes": 300,
     "offline": {"stays": 500, "iterations": 2, "bootstrap": 100, "fqe_iterations": 30},
+    "hourly": {"classify": {"oversample": ["none"], "n_boot": 100, "max_train_hours": 5000},
+               "classifier_settings": {"xgb_rounds": 30}},
 }  # fmt: skip
 
 SECTIONS = (
@@ -32,6 +35,7 @@ SECTIONS = (
     "What cleaning did",
     "Sepsis classifiers, with and without GAN oversampling",
     "GAN fidelity",
+    HOURLY_TITLE,
     "RL training",
     "The learned policy against clinical baselines",
     "By age group",
@@ -53,6 +57,13 @@ def _run(out: Path, config: dict | None, tmp_path: Path, name: str = "study.yaml
     return result.output
 
 
+def _stages(output: str) -> str:
+    """What `stages run: ...; reused: ...` says, on one line (the console wraps long lines)."""
+    found = re.search(r"stages run: (.*?)\s*report: ", output, re.DOTALL)
+    assert found, output
+    return " ".join(found.group(1).split())
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
@@ -61,6 +72,7 @@ def study(tmp_path_factory):
     return out, output, tmp
 
 
+ALL_REUSED = "none; reused: raw, prepared, classify, hourly, rl, evaluation, offline"
 NUMBER_CI = r"-?\d+\.\d+%? \[-?\d+\.\d+, -?\d+\.\d+\]"
 """A number with its 95% interval, as the report writes it."""
 SIGNED_CI = r"[-+]\d+\.\d\d \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]"
@@ -84,7 +96,9 @@ def _table(section: str, caption: str) -> list[str]:
 @pytest.mark.slow
 def test_quick_report_holds_every_section_with_real_numbers(study):
     out, output, _ = study
-    assert "stages run: raw, prepared, classify, rl, evaluation, offline; reused: none" in output
+    assert (
+        _stages(output) == "raw, prepared, classify, hourly, rl, evaluation, offline; reused: none"
+    )
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
     sections = {}
@@ -94,7 +108,7 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
     for chunk in markdown.split("\n## ")[1:]:
         title, _, body = chunk.partition("\n")
         sections[title] = body
-    assert html.count("data:image/png;base64,") >= 6  # self-contained figures
+    assert html.count("data:image/png;base64,") >= 7  # self-contained figures
     assert "src='classify/" not in html
     # Real numbers in every section, not placeholders.
     assert "--quick` demonstration run" in sections["What this report is, and is not"]
@@ -125,8 +139,12 @@ def test_quick_report_holds_every_section_with_real_numbers(study):
         assert [row.split(" | ")[0] for row in rows] == ["| overall", "| 18-40", "| 41-65", "| 66+"]
         for row in rows:
             assert re.search(rf"\| {SIGNED_CI} \| {VERDICT_WORD} \| {POINTS_CI} \| ", row), row
-    assert re.search(r"\d+ h \[\d+, \d+\] \(\d+% of ICU time\)", sections[SECTIONS[8]])
+    assert re.search(
+        r"\d+ h \[\d+, \d+\] \(\d+% of ICU time\)",
+        sections["Vitals under each policy, and treatment use"],
+    )
     _check_offline_section(out, sections["Offline RL and off-policy evaluation"])
+    _check_hourly_section(out, sections[HOURLY_TITLE])
     settings = sections["Exact settings and versions"]
     assert re.search(r"ray 2\.60\.\d+", settings) and "| `evaluation/` |" in settings
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
@@ -179,13 +197,85 @@ def _check_offline_section(out: Path, section: str) -> None:
     assert (out / "offline" / "policy" / "checkpoints" / "best").is_dir()
 
 
+HOURLY_RULES = ("qSOFA >= 2", "SIRS >= 2", "never alarm", "always alarm")
+
+
+def _check_hourly_section(out: Path, section: str) -> None:
+    """The hourly section: utility with its interval for every model and rule, AUROC/AUPRC with
+    intervals, the validation threshold, model minus the best rule, the oversampling answer, the
+    Challenge caveat and the timeline of 2 septic and 2 non-septic test patients; the files
+    agree with it."""
+    from training.classification.hourly import load_hourly
+    from training.study.hourly import timeline_patient_ids
+
+    assert "normalised utility" in section
+    caveat = "cannot be compared with the Challenge's published results (best official test"
+    assert f"{caveat} utility 0.36" in section
+    # --quick: XGBoost and logistic regression, without oversampling and with SMOTE.
+    for model in ("XGBoost", "Logistic regression"):
+        for mode in ("none", "smote"):
+            row = rf"\| {model}(?: \*\*\(selected\)\*\*)? \| {mode} \| \d\.\d{{3}} \| "
+            assert re.search(row + rf"-?\d\.\d{{3}} \| {NUMBER_CI} \| {NUMBER_CI} \| {NUMBER_CI}",
+                             section), (model, mode)  # fmt: skip
+    for rule in HOURLY_RULES:
+        assert re.search(rf"\| {re.escape(rule)}[^|]* \| - \| [^|]+ \| [^|]+ \| {NUMBER_CI} \|",
+                         section), rule  # fmt: skip
+    assert re.search(r"It alarms when its probability reaches \*\*\d\.\d{3}\*\*", section)
+    assert "the threshold that maximises its validation utility" in section
+    assert re.search(r"The selected model is \*\*(better|worse|not detectably different)\*\* "
+                     r"(than|from) the best clinical rule", section)  # fmt: skip
+    assert re.search(r"\*\*Does oversampling help utility\?\*\* SMOTE", section)
+    assert re.search(r"\| XGBoost \| smote \| [-+]\d\.\d{3} \[[-+]\d\.\d{3}, [-+]\d\.\d{3}\] \|",
+                     section)  # fmt: skip
+    assert "![Hour by hour, the selected model" in section and "(hourly/timeline.png)" in section
+
+    folder = out / "hourly"
+    for name in ("metrics.json", "comparison.csv", "comparison.md", "section.json",
+                 "timeline.csv", "timeline.png", "model/hourly_model.joblib"):  # fmt: skip
+        assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    extra = json.loads((folder / "section.json").read_text())
+    assert metrics["config"]["max_train_hours"] == 10_000
+    assert metrics["data"]["training_hours_fitted"] == 10_000
+    # The intervals' points are the Challenge's AUROC/AUPRC that run_hourly reported.
+    for candidate, ranked in zip(
+        metrics["candidates"], extra["ranking"]["candidates"], strict=True
+    ):
+        for name in ("auroc", "auprc"):
+            estimate = ranked[name]
+            assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
+            assert estimate["value"] == pytest.approx(candidate["test"][name], abs=1e-6)
+    # The timeline: 2 septic and 2 non-septic patients, all from the test split, by the seed.
+    patients = extra["timeline"]["patients"]
+    assert [p["septic"] for p in patients] == [True, True, False, False]
+    split = {row["patient_id"]: row["split"] for row in _csv_rows(out / "prepared" / "split.csv")}
+    assert all(split[p["patient"]] == "test" for p in patients)
+    table = load_hourly(out / "prepared")
+    assert [p["patient"] for p in patients] == timeline_patient_ids(table, 2, seed=0)
+    for p in patients:
+        if p["septic"]:
+            assert p["onset_hour"] is not None and p["utility"]["best"] > p["utility"]["inaction"]
+    hours = (folder / "timeline.csv").read_text().splitlines()
+    assert hours[0] == "patient_id,hour,ICULOS,SepsisLabel,probability,alarm"
+    assert len(hours) - 1 == sum(p["hours"] for p in patients)
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open() as stream:
+        return list(csv.DictReader(stream))
+
+
 @pytest.mark.slow
 def test_rerun_skips_finished_stages(study):
     out, _, tmp = study
     before = (out / "classify" / "metrics.json").stat().st_mtime_ns
+    hourly_before = (out / "hourly" / "metrics.json").stat().st_mtime_ns
     output = _run(out, None, tmp)
-    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation, offline" in output
+    assert _stages(output) == ALL_REUSED
     assert (out / "classify" / "metrics.json").stat().st_mtime_ns == before
+    assert (out / "hourly" / "metrics.json").stat().st_mtime_ns == hourly_before
 
     # Shared storage (s3://, gs://, ...): file:// stands in for it here.
     shared = tmp / "shared"
@@ -198,7 +288,7 @@ def test_rerun_skips_finished_stages(study):
     moved = tmp / "moved"
     shutil.copytree(out, moved)
     output = _run(moved, None, tmp)
-    assert "stages run: none; reused: raw, prepared, classify, rl, evaluation, offline" in output
+    assert _stages(output) == ALL_REUSED
 
 
 @pytest.mark.slow
@@ -208,7 +298,8 @@ def test_changed_classifier_settings_rerun_only_the_classifiers(study):
     # The offline section turned off too: it neither runs nor shows, and keeps its folder.
     config = {"classify": {"n_boot": 200}, "offline": {"enabled": False}}
     output = _run(out, config, tmp, "classify.yaml")
-    assert "stages run: classify; reused: raw, prepared, rl, evaluation\n" in output
+    # The hourly section reads the prepared folder only: reused.
+    assert _stages(output) == "classify; reused: raw, prepared, hourly, rl, evaluation"
     assert (out / "rl" / "stage.json").read_text() == rl_before
     assert "Offline RL" not in (out / "report.md").read_text()
     assert (out / "offline" / "results.json").is_file()
@@ -216,22 +307,42 @@ def test_changed_classifier_settings_rerun_only_the_classifiers(study):
     assert metrics["config"]["n_boot"] == 200
 
 
+RL_CHANGED = {
+    "classify": {"n_boot": 200},  # the classifier setting of the test above stays
+    "rl": {"lr": 1e-3, "time_budget_s": 10},
+    "evaluation_episodes": 500,  # evaluation reruns after any RL change; keep it short
+}
+"""The study's options from the RL test on: only the RL change differs from the test above."""
+
+
 @pytest.mark.slow
 def test_changed_rl_settings_rerun_only_rl_and_evaluation(study):
     out, _, tmp = study
     prepared_before = (out / "prepared" / "features.parquet").stat().st_mtime_ns
-    # The classifier setting of the test above stays, so only the RL change differs.
-    changed = {
-        "classify": {"n_boot": 200},
-        "rl": {"lr": 1e-3, "time_budget_s": 10},
-        "evaluation_episodes": 500,  # evaluation reruns after any RL change; keep it short
-    }
-    output = _run(out, changed, tmp, "changed.yaml")
+    output = _run(out, RL_CHANGED, tmp, "changed.yaml")
     # The offline section, on again, is reused: it reads the cohort, not the RL stage.
-    assert "stages run: rl, evaluation; reused: raw, prepared, classify, offline" in output
+    assert _stages(output) == "rl, evaluation; reused: raw, prepared, classify, hourly, offline"
     assert "## Offline RL and off-policy evaluation" in (out / "report.md").read_text()
     assert (out / "prepared" / "features.parquet").stat().st_mtime_ns == prepared_before
     assert yaml.safe_load((out / "rl" / "config.yaml").read_text())["lr"] == 1e-3
+
+
+@pytest.mark.slow
+def test_changed_hourly_options_rerun_only_the_hourly_stage(study):
+    out, _, tmp = study
+    # After the RL test: its options stay, and only the hourly section changes.
+    output = _run(out, {**RL_CHANGED, "hourly": {"timeline_patients": 1}}, tmp, "hourly.yaml")
+    assert _stages(output) == "hourly; reused: raw, prepared, classify, rl, evaluation, offline"
+    extra = json.loads((out / "hourly" / "section.json").read_text())
+    assert [p["septic"] for p in extra["timeline"]["patients"]] == [True, False]
+    assert f"## {HOURLY_TITLE}" in (out / "report.md").read_text()
+
+    # Turned off, the section neither runs nor shows, and its folder is kept for later.
+    config = {**RL_CHANGED, "hourly": {"timeline_patients": 1, "enabled": False}}
+    output = _run(out, config, tmp, "hourly_off.yaml")
+    assert _stages(output) == "none; reused: raw, prepared, classify, rl, evaluation, offline"
+    assert "Hourly early warning" not in (out / "report.md").read_text()
+    assert (out / "hourly" / "section.json").is_file()
 
 
 def test_bad_config_is_a_clear_error(tmp_path):
@@ -263,6 +374,64 @@ def test_bad_offline_options_are_reported_before_any_stage(tmp_path, offline, me
     for message in messages:
         assert message in output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("hourly", "messages"),
+    [
+        (
+            {"classify": {"models": ["svm"], "n_boot": 5}},
+            ["hourly.classify.models[0] = 'svm': expected one of 'xgboost', 'logreg'",
+             "hourly.classify.n_boot = 5: expected an integer >= 100"],
+        ),
+        ({"classifier_settings": {"xgb_rounds": 0}},
+         ["hourly.classifier_settings.xgb_rounds = 0: expected an integer > 0"]),
+        ({"classify": {"settings": {"xgb_rounds": 10}}},
+         ["hourly.classify.settings = {'xgb_rounds': 10}: set model options in "
+          "hourly.classifier_settings"]),
+        ({"timeline_patients": 0, "enabeld": False},
+         ["hourly: unknown option(s) ['enabeld']; valid: enabled, classify",
+          "hourly.timeline_patients = 0: expected an integer >= 1"]),
+    ],
+)  # fmt: skip
+def test_bad_hourly_options_are_reported_before_any_stage(tmp_path, hourly, messages):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"hourly": hourly}))
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o"), "--config", str(path)])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())  # the console wraps long lines
+    for message in messages:
+        assert message in output
+    assert not (tmp_path / "o").exists()
+
+
+def test_hourly_auroc_auprc_intervals_resample_patients_as_the_challenge_scores_hours():
+    """Each bootstrap draw is the Challenge's AUROC/AUPRC of the resampled patients' hours (a
+    patient drawn twice counts every hour twice), ties included; the point is the plain one."""
+    import numpy as np
+
+    from training.classification.utility import hourly_auroc_auprc
+    from training.study.hourly import ranking_estimates
+
+    rng = np.random.default_rng(3)
+    lengths = [5, 9, 3, 12, 7, 4]
+    patients = np.repeat(np.arange(len(lengths)), lengths)
+    labels = np.concatenate([(np.arange(n) >= n - 3) * (i % 2) for i, n in enumerate(lengths)])
+    scores = np.round(rng.uniform(0.05, 0.95, patients.size), 1)  # coarse: many ties
+    drawn = np.array([2.0, 0.0, 1.0, 1.0, 0.0, 2.0])  # how often each patient is drawn
+    weights = np.tile(drawn, (200, 1))  # every resample the same: the interval is that draw
+
+    estimates = ranking_estimates(patients, labels, scores, weights)
+    hours = np.concatenate([np.flatnonzero(patients == p).repeat(1) for p in range(6)
+                            for _ in range(int(drawn[p]))])  # fmt: skip
+    expected = hourly_auroc_auprc(labels[hours], scores[hours])
+    point = hourly_auroc_auprc(labels, scores)
+    for name, value, plain in zip(("auroc", "auprc"), expected, point, strict=True):
+        assert estimates[name].ci_low == pytest.approx(value, abs=1e-12)
+        assert estimates[name].ci_high == pytest.approx(value, abs=1e-12)
+        assert estimates[name].value == pytest.approx(plain, abs=1e-12)
+    assert ranking_estimates(patients, labels, np.full(patients.size, 0.3), weights) == {
+        "auroc": None, "auprc": None}  # fmt: skip
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 raw/         synthetic cohort (.psv), only when no --data is given
 prepared/    data prepare: canonical table, split, cleaning, features, environment cohort
 classify/    classifiers with and without oversampling, on real held-out patients
+hourly/      hourly early warning scored by the PhysioNet/CinC 2019 utility, beside qSOFA and
+             SIRS (`training.study.hourly`)
 rl/          Dueling Double DQN on SepsisEnv (training patients of the environment cohort)
 evaluation/  greedy policy against the clinical baselines on test patients
 offline/     a policy learned offline from clinician logs; off-policy estimates beside its
@@ -15,10 +17,11 @@ from __future__ import annotations
 RAW = "raw"
 PREPARED = "prepared"
 CLASSIFY = "classify"
+HOURLY = "hourly"
 RL = "rl"
 EVALUATION = "evaluation"
 OFFLINE = "offline"
-STAGE_NAMES = (RAW, PREPARED, CLASSIFY, RL, EVALUATION, OFFLINE)
+STAGE_NAMES = (RAW, PREPARED, CLASSIFY, HOURLY, RL, EVALUATION, OFFLINE)
 """The stage folders, in the order the study runs them."""
 
 RAW_PSV = "psv"

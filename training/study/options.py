@@ -2,10 +2,11 @@
 sets them.
 
 A study config is checked whole before the first stage runs: the parts that override the options
-of a stage (`prepare`, `classify`, `classifier_settings`, `rl`, `offline`) are built into those
-options (`PrepareOptions`, `ClassifyConfig`, `ClassifierSettings`, `RLOptions`, `OfflineOptions`)
-and validated with them, so a bad `rl.episodes` or `offline.stays` is reported at once, not after
-the data were prepared.
+of a stage (`prepare`, `classify`, `classifier_settings`, `hourly`, `rl`, `offline`) are built
+into those options (`PrepareOptions`, `ClassifyConfig`, `ClassifierSettings`, `HourlyOptions` and
+its `HourlyConfig`, `RLOptions`, `OfflineOptions`) and validated with them, so a bad
+`rl.episodes`, `hourly.classify.models` or `offline.stays` is reported at once, not after the data
+were prepared.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from training.rl.evaluate import TEST_EPISODES
 
 if TYPE_CHECKING:
     from data_prep.prepare import PrepareOptions
+    from training.classification.hourly import HourlyConfig
     from training.classification.models import ClassifierSettings
     from training.classification.options import ClassifyConfig
     from training.rl.options import RLOptions
+    from training.study.hourly import HourlyOptions
     from training.study.offline import OfflineOptions
 
 
@@ -53,6 +56,10 @@ class StudyOptions:
     classifier_settings: dict[str, Any] = field(default_factory=lambda: {"ctgan_epochs": 100})
     """Overrides of `training.classification.models.ClassifierSettings` (ctgan_epochs,
     xgb_rounds, ...)."""
+    hourly: dict[str, Any] = field(default_factory=dict)
+    """Overrides of `training.study.hourly.HourlyOptions` (enabled, classify: {models,
+    oversample, n_boot, max_train_hours}, classifier_settings, timeline_patients): the hourly
+    early-warning section, scored by the PhysioNet/CinC 2019 utility."""
     rl: dict[str, Any] = field(default_factory=dict)
     """Overrides of `training.rl.options.RLOptions` (episodes, lr, num_env_runners, ...)."""
     evaluation_episodes: PositiveInt = TEST_EPISODES
@@ -83,6 +90,12 @@ class StudyOptions:
         _classifier_settings(values, _seed(info))
         return values
 
+    @field_validator("hourly")
+    @classmethod
+    def _hourly_builds(cls, values: dict[str, Any]) -> dict[str, Any]:
+        _hourly_options(values)  # HourlyOptions builds its HourlyConfig as it validates
+        return values
+
     @field_validator("rl")
     @classmethod
     def _rl_builds(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -111,6 +124,13 @@ QUICK = {
         "svm_components": 150,
     },
     "classify": {"oversample": ["none", "smote", "ctgan"], "n_boot": 300},
+    # XGBoost (100 rounds) and logistic regression, without oversampling and with SMOTE, each
+    # fitted on 10,000 training hours (every septic hour, then a seeded subset): about 6 s on 2
+    # idle cores, 20-30 s on busy ones.
+    "hourly": {
+        "classify": {"oversample": ["none", "smote"], "n_boot": 300, "max_train_hours": 10_000},
+        "classifier_settings": {"xgb_rounds": 100},
+    },
     # The greedy policy is scored on the 2,000 validation episodes every 4 iterations (under a
     # second each) and the study evaluates the best of those checkpoints, not the last one.
     "rl": {"episodes": None, "time_budget_s": 50, "evaluation_interval": 4},
@@ -140,6 +160,32 @@ def rl_options_of(options: StudyOptions, env_kwargs: dict[str, Any] | None = Non
     cohort the stage trains on, when given)."""
     values = dict(options.rl) if env_kwargs is None else {**options.rl, "env_kwargs": env_kwargs}
     return _rl_options(values, options.seed, prefix="rl")
+
+
+def hourly_options_of(options: StudyOptions) -> HourlyOptions:
+    """The options of the `hourly` stage: `options.hourly` over `HourlyOptions`' defaults."""
+    return _hourly_options(options.hourly, prefix="hourly")
+
+
+def hourly_config_of(options: StudyOptions) -> HourlyConfig:
+    """The `HourlyConfig` of the `hourly` stage: `options.hourly.classify`, with the study's seed
+    and then `options.hourly.classifier_settings` as its settings."""
+    return _hourly_config(hourly_options_of(options), options.seed, prefix="hourly")
+
+
+def _hourly_options(values: dict[str, Any], prefix: str = "") -> HourlyOptions:
+    from training.study.hourly import HourlyOptions
+
+    return build_options(HourlyOptions, values, prefix=prefix)
+
+
+def _hourly_config(options: HourlyOptions, seed: int, prefix: str = "") -> HourlyConfig:
+    from training.study.hourly import hourly_config
+
+    try:
+        return hourly_config(options, seed)
+    except OptionsError as err:
+        raise err.located(prefix=prefix) from None
 
 
 def offline_options_of(options: StudyOptions) -> OfflineOptions:

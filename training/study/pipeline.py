@@ -6,6 +6,10 @@ changed (`training.study.stages`):
     raw/         synthetic cohort (.psv), only when no --data is given
     prepared/    data prepare: canonical table, split, cleaning, features, environment cohort
     classify/    classifiers with and without oversampling, on real held-out patients
+    hourly/      hourly early warning: an alarm every hour, scored by the PhysioNet/CinC 2019
+                 normalised utility beside qSOFA and SIRS, with a timeline of test patients
+                 (`training.study.hourly`; reads `prepared/` only; `hourly: {enabled: false}`
+                 leaves it out)
     rl/          the RL agent (default: Dueling Double DQN) on SepsisEnv (training patients of the
                  environment cohort)
     evaluation/  greedy policy against the clinical baselines on test patients
@@ -34,6 +38,7 @@ from training.study import layout
 from training.study.layout import (
     CLASSIFY,
     EVALUATION,
+    HOURLY,
     OFFLINE,
     PREPARED,
     RAW,
@@ -44,6 +49,8 @@ from training.study.layout import (
 from training.study.options import (
     StudyOptions,
     classify_config_of,
+    hourly_config_of,
+    hourly_options_of,
     offline_options_of,
     prepare_options_of,
     rl_options_of,
@@ -188,6 +195,21 @@ def _portable(env_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**env_kwargs, "cohort": f"{PREPARED}/{ENV_COHORT_FILE}"}
 
 
+def _hourly_key(run: StudyRun) -> dict[str, Any]:
+    # The hourly section reads the prepared folder only: a change of the per-patient classifiers
+    # or of RL leaves it as it is. Keyed on the effective HourlyConfig (its defaults included)
+    # and the timeline; `enabled` is left out, so that turning the section off and on again
+    # reuses it.
+    from dataclasses import asdict
+
+    return {
+        "prepared": run.keys[PREPARED],
+        "hourly": asdict(hourly_config_of(run.options)),
+        "timeline_patients": hourly_options_of(run.options).timeline_patients,
+        "seed": run.options.seed,
+    }
+
+
 def _offline_key(run: StudyRun) -> dict[str, Any]:
     # The offline section reads the environment cohort only (not the rl stage's policy): a
     # change of the RL options leaves it as it is. `enabled` is left out, so that turning the
@@ -232,6 +254,13 @@ STAGES: tuple[StageSpec, ...] = (
         },
         message=lambda run: "[classify] training classifiers with and without oversampling",
         run=lambda stage, run: _classify(stage, run.folder(PREPARED), run.options, run.progress),
+    ),
+    StageSpec(
+        HOURLY,
+        key=_hourly_key,
+        message=lambda run: _hourly_message(hourly_config_of(run.options)),
+        run=lambda stage, run: _hourly(stage, run),
+        needed=lambda run: hourly_options_of(run.options).enabled,
     ),
     StageSpec(
         RL,
@@ -299,6 +328,30 @@ def _classify(
     config = classify_config_of(options)
     run_classification(prepared_dir, stage.directory, config, progress=progress)
     stage.mark_done()
+
+
+def _hourly_message(config) -> str:
+    pairs = len(config.models) * len(config.oversample)
+    return (
+        f"[hourly] hourly early warning: {pairs} models ({', '.join(config.models)} x "
+        f"{', '.join(config.oversample)}) on at most {config.max_train_hours:,} training hours, "
+        "scored by the PhysioNet/CinC 2019 utility beside qSOFA and SIRS"
+    )
+
+
+def _hourly(stage: Stage, run: StudyRun) -> None:
+    from training.study.hourly import run_hourly_section
+
+    config = hourly_config_of(run.options)
+    section = run_hourly_section(
+        run.folder(PREPARED),
+        stage.directory,
+        hourly_options_of(run.options),
+        config,
+        seed=run.options.seed,
+        progress=run.progress,
+    )
+    stage.mark_done({"timeline_patients": len(section["timeline"]["patients"])})
 
 
 def _algorithm_name(run: StudyRun) -> str:

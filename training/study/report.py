@@ -48,10 +48,26 @@ from training.classification.documents import (
     model_label,
     selected_against_baseline_rows,
 )
-from training.classification.metrics import METRIC_LABELS, THRESHOLD_RULE_LABELS, UNDEFINED_NOTE
+from training.classification.hourly import RULE_ALARM_CRITERIA
+from training.classification.metrics import (
+    METRIC_LABELS,
+    THRESHOLD_RULE_LABELS,
+    UNDEFINED_NOTE,
+    format_estimate,
+)
+from training.classification.models import MODEL_LABELS
+from training.classification.utility import (
+    DT_EARLY_H,
+    DT_LATE_H,
+    DT_OPTIMAL_H,
+    MAX_U_TP,
+    MIN_U_FN,
+    U_FP,
+)
 from training.rl.evaluate import VERDICT_BASELINES
 from training.rl.options import ALGORITHM_NAMES
 from training.rl.policy import HAND_RULE, POLICY_NAMES
+from training.study import hourly as hourly_section
 from training.study import offline as offline_section
 from training.study.documents import (
     Bullets,
@@ -65,6 +81,7 @@ from training.study.documents import (
 from training.study.layout import (
     CLASSIFY,
     EVALUATION,
+    HOURLY,
     OFFLINE,
     OPTIONS_FILE,
     PREPARED,
@@ -153,6 +170,10 @@ def build_sections(out: Path, options: dict, data: Path | None) -> list[Section]
         sections += [_cohort(out, prepared), _cleaning(prepared)]
     if metrics:
         sections += [_classifiers(out, metrics), _fidelity(out)]
+    hourly = _load_json(out / HOURLY / "metrics.json")
+    hourly_extra = _load_json(out / HOURLY / hourly_section.SECTION_FILE)
+    if hourly and hourly_extra and options.get("hourly", {}).get("enabled", True):
+        sections.append(_hourly(out, hourly, hourly_extra, data))
     if rl_summary or evaluation:
         sections.append(_training(out, rl_summary, options.get("rl", {}).get("algo", "dqn")))
     if evaluation:
@@ -761,6 +782,298 @@ def _differences(out: Path, differences: dict) -> Section:
     return Section(f"Where the learned policy and the {rule} differ", blocks)
 
 
+HOURLY_TITLE = "Hourly early warning, scored as the PhysioNet/CinC 2019 Challenge scored it"
+HOURLY_VERDICTS = {"better": "**helps**", "worse": "**hurts**"}
+"""How the oversampling table answers "does oversampling help utility?" from `verdict`."""
+
+
+def _hourly(out: Path, metrics: dict, extra: dict, data: Path | None) -> Section:
+    """The hourly section: the task and its score, every model beside the clinical and trivial
+    rules on the test patients, how the model was chosen, the model against the best rule, the
+    oversampling answer, and the timeline of a few test patients."""
+    test, train = metrics["data"]["splits"]["test"], metrics["data"]["splits"]["train"]
+    rows = _hourly_rows(metrics, extra["ranking"])
+    blocks: list = [
+        Paragraph(
+            "**The task.** Every hour of every stay the model says sepsis or not, from that hour "
+            f"and the hours before it only ({metrics['data']['n_features']} features: last values, "
+            "time since the last measurement, missingness, changes and 6- and 24-hour "
+            "statistics), as the PhysioNet/CinC 2019 Challenge asked; the classifiers above answer "
+            "another question (one prediction per stay). The models were fitted on "
+            f"{metrics['data']['training_hours_fitted']:,} of the {train['hours']:,} training "
+            "hours (every septic hour, then a seeded subset of the others); each model's alarm "
+            "threshold and the choice of model were made on the validation patients; the figures "
+            f"below are on {test['patients']:,} test patients ({test['septic_patients']:,} "
+            f"septic, {test['hours']:,} hours, {test['septic_hours']:,} of them labelled septic) "
+            "that nothing was fitted or chosen on."
+        ),
+        Paragraph(_utility_text(test)),
+        Paragraph(_challenge_caveat(data)),
+        Table(
+            [
+                "model or rule",
+                "oversampling",
+                "alarm threshold (validation)",
+                "utility (validation)",
+                "utility (test)",
+                "AUROC (test)",
+                "AUPRC (test)",
+                "hours with an alarm",
+            ],
+            rows,
+            "Normalised utility and hourly AUROC/AUPRC on the test patients (95% bootstrap CIs "
+            f"over patients, the same {extra['n_boot']:,} resamples for every row); qSOFA and "
+            "SIRS are ranked by their number of criteria met",
+        ),
+    ]
+    if has_undefined_mark(rows):
+        blocks.append(Paragraph(UNDEFINED_NOTE))
+    blocks.append(Paragraph(_hourly_selection_text(metrics)))
+    blocks += _model_vs_rule(metrics)
+    blocks += _hourly_oversampling(metrics["oversampling_effect"])
+    blocks += _timeline(out, extra["timeline"])
+    return Section(HOURLY_TITLE, blocks)
+
+
+def _utility_text(test: dict) -> str:
+    """The Challenge's utility in words, from the constants `training.classification.utility`
+    scores with."""
+    return (
+        "**The score.** The Challenge's normalised utility (Reyna et al., Crit Care Med 2020) "
+        "counts each hour relative to clinical onset, the first hour labelled septic plus "
+        f"{-DT_OPTIMAL_H} h: an alarm earns from 0 at {DT_EARLY_H:+d} h, rising to "
+        f"{MAX_U_TP:g} at {DT_OPTIMAL_H:+d} h, then falling to 0 at {DT_LATE_H:+d} h; an earlier "
+        f"alarm, and any alarm for a patient without sepsis, costs {-U_FP:g}; a missing alarm "
+        f"costs from 0 at {DT_OPTIMAL_H:+d} h down to {MIN_U_FN:g} at {DT_LATE_H:+d} h; later "
+        "hours count nothing. The sum over patients is scaled so that the best possible alarms "
+        "score 1 and never alarming 0; it can be negative. AUROC and AUPRC rank all hours as "
+        "the Challenge did (AUPRC's chance level is the share of septic-labelled test hours, "
+        f"{test['septic_hours'] / max(test['hours'], 1):.1%})."
+    )
+
+
+def _challenge_caveat(data: Path | None) -> str:
+    best = hourly_section.CHALLENGE_BEST_OFFICIAL_UTILITY
+    if data is None:
+        return (
+            "**Not comparable with the Challenge.** These patients are synthetic, so these "
+            "numbers cannot be compared with the Challenge's published results (best official "
+            f"test utility {best:.2f}, on real patients hidden from the entrants): how much "
+            "easier or harder the synthetic cohort is than real ICU data is not known."
+        )
+    return (
+        f"**Comparing with the Challenge.** Its best official test utility was {best:.2f}, on "
+        "test patients hidden from the entrants; on the public training data many entries "
+        f"scored higher in cross-validation. These figures come from one split of `{data}`, so "
+        "they compare with the latter, not with the official test results."
+    )
+
+
+def _hourly_rows(metrics: dict, ranking: dict) -> list[list[str]]:
+    """model or rule | oversampling | threshold | validation utility | test utility | AUROC |
+    AUPRC | alarm share; the selected model marked."""
+
+    def scores(test: dict, ranked: dict | None) -> list[str]:
+        ranked = ranked or {}
+        return [
+            format_estimate(test["utility"]),
+            format_estimate(ranked["auroc"]) if ranked.get("auroc") else "n/a (no ranking)",
+            format_estimate(ranked["auprc"]) if ranked.get("auprc") else "n/a (no ranking)",
+            f"{test['alarm_share']:.1%}",
+        ]
+
+    best = metrics["best"]
+    ranked = {(r["model"], r["oversample"]): r for r in ranking["candidates"]}
+    rows = []
+    for c in metrics["candidates"]:
+        key = (c["model"], c["oversample"])
+        selected = key == (best["model"], best["oversample"])
+        name = MODEL_LABELS[c["model"]] + (" **(selected)**" if selected else "")
+        rows.append(
+            [name, c["oversample"], f"{c['threshold']:.3f}", f"{c['validation_utility']:.3f}"]
+            + scores(c["test"], ranked.get(key))
+        )
+    for name, rule in metrics["rules"].items():
+        tuned = rule["validation_utility"]
+        criteria = f">= {RULE_ALARM_CRITERIA} criteria" if name in ranking["rules"] else "-"
+        rows.append(
+            [rule["label"], "-", criteria, "-" if tuned is None else f"{tuned:.3f}"]
+            + scores(rule["test"], ranking["rules"].get(name))
+        )
+    return rows
+
+
+def _hourly_label(model: str, oversample: str) -> str:
+    return f"{MODEL_LABELS[model]} " + (
+        "without oversampling" if oversample == "none" else f"with {oversample.upper()}"
+    )
+
+
+def _hourly_selection_text(metrics: dict) -> str:
+    """How the model and its threshold were chosen; a warning when another scores higher on
+    test."""
+    best, rules = metrics["best"], metrics["rules"]
+    chosen = _hourly_label(best["model"], best["oversample"])
+    text = (
+        f"Chosen on the validation patients by utility: **{chosen}** (validation utility "
+        f"{best['validation_utility']:.3f}). It "
+        f"alarms when its probability reaches **{best['threshold']:.3f}**, the threshold that "
+        "maximises its validation utility (every model's threshold was chosen the same way). "
+        f"qSOFA and SIRS alarm when at least {RULE_ALARM_CRITERIA} of their criteria are met, "
+        "nothing tuned; the "
+        f"better of them on validation, **{rules[metrics['best_rule']]['label']}**, is the rule "
+        "each model is compared with below."
+    )
+    top = max(metrics["candidates"], key=lambda c: c["test"]["utility"]["value"])
+    if (top["model"], top["oversample"]) != (best["model"], best["oversample"]):
+        text += (
+            f" On the test patients {_hourly_label(top['model'], top['oversample'])} scores a "
+            f"higher utility ({top['test']['utility']['value']:.3f}); picking by the test score "
+            "would overstate it, so the choice stays with validation."
+        )
+    return text
+
+
+def _model_vs_rule(metrics: dict) -> list:
+    """Each model minus the best rule, paired, and the verdict for the selected model."""
+    rule = metrics["rules"][metrics["best_rule"]]["label"]
+    rows = [
+        [
+            MODEL_LABELS[e["model"]],
+            e["oversample"],
+            format_interval(e["difference"], 3, signed=True),
+            e["verdict"],
+        ]
+        for e in metrics["model_vs_best_rule"]
+    ]
+    best = metrics["best"]
+    selected = next(
+        e
+        for e in metrics["model_vs_best_rule"]
+        if (e["model"], e["oversample"]) == (best["model"], best["oversample"])
+    )
+    words = {"better": "**better** than", "worse": "**worse** than"}
+    verdict = words.get(selected["verdict"], "**not detectably different** from")
+    return [
+        Table(
+            ["model", "oversampling", "utility difference", "verdict"],
+            rows,
+            f"Model minus {rule} (test utility, paired on the same resampled patients, 95% CIs)",
+        ),
+        Paragraph(
+            f"The selected model is {verdict} the best clinical rule on the test patients "
+            f"(utility {format_interval(selected['difference'], 3, signed=True)})."
+        ),
+    ]
+
+
+def _hourly_oversampling(effects: list[dict]) -> list:
+    """ "Does oversampling help utility?": each model with minus without, paired."""
+    if not effects:
+        return [
+            Paragraph(
+                "**Does oversampling help utility?** Not asked in this run: only models without "
+                "oversampling were fitted (`hourly: {classify: {oversample: [none, smote]}}` "
+                "compares SMOTE)."
+            )
+        ]
+    rows = [
+        [
+            MODEL_LABELS[e["model"]],
+            e["oversample"],
+            format_interval(e["difference_vs_none"], 3, signed=True),
+            HOURLY_VERDICTS.get(e["verdict"], e["verdict"]),
+        ]
+        for e in effects
+    ]
+    answers = "; ".join(_oversampling_answer(e) for e in effects)
+    return [
+        Paragraph(
+            f"**Does oversampling help utility?** {_capitalised(answers)} (the septic training "
+            "hours oversampled inside each fit only; validation and test hours never are)."
+        ),
+        Table(
+            ["model", "oversampling", "utility with minus without", "does it help?"],
+            rows,
+            "Does oversampling help utility? Test utility with oversampling minus without, same "
+            "model (paired on the same resampled patients, 95% CIs; an interval containing 0 "
+            "means no detectable difference)",
+        ),
+    ]
+
+
+def _oversampling_answer(effect: dict) -> str:
+    """`SMOTE **helps** XGBoost`, `... **hurts** ...` or `... makes no detectable difference to
+    ...`, from the verdict of its paired interval."""
+    mode, model = effect["oversample"].upper(), MODEL_LABELS[effect["model"]]
+    if effect["verdict"] in HOURLY_VERDICTS:
+        return f"{mode} {HOURLY_VERDICTS[effect['verdict']]} {model}"
+    if effect["verdict"] == "undetermined":
+        return f"for {model}, {mode}'s effect is undetermined"
+    return f"{mode} makes no detectable difference to {model}"
+
+
+def _timeline(out: Path, timeline: dict) -> list:
+    """The timeline figure and a row per patient: onset, first alarm, the utility earned."""
+    figure = out / HOURLY / timeline["figure"]
+    patients = timeline["patients"]
+    septic = sum(p["septic"] for p in patients)
+    model = _hourly_label(timeline["model"], timeline["oversample"])
+    blocks: list = []
+    if figure.is_file():
+        blocks.append(
+            Figure(
+                figure,
+                f"Hour by hour, the selected model ({model}) on {septic} septic and "
+                f"{len(patients) - septic} non-septic test patients drawn with the study's "
+                "seed: its predicted "
+                f"probability, the threshold chosen on validation ({timeline['threshold']:.3f}, "
+                "dashed) and its alarms (red). For a septic patient: clinical onset (first "
+                f"SepsisLabel = 1 hour {-DT_OPTIMAL_H:+d} h, black), the best alarm hour "
+                f"({DT_OPTIMAL_H:+d} h, dotted) and the hours in which an alarm earns utility "
+                f"({DT_EARLY_H:+d} h to {DT_LATE_H:+d} h, shaded)",
+            )
+        )
+    rows = []
+    for p in patients:
+        onset, first = p["onset_hour"], p["first_alarm_hour"]
+        if first is None:
+            alarm = "none"
+        elif onset is None:
+            alarm = f"hour {first}"
+        else:
+            alarm = f"hour {first} ({first - onset:+d} h from onset)"
+        u = p["utility"]
+        rows.append(
+            [
+                f"`{p['patient']}`",
+                "yes" if p["septic"] else "no",
+                f"{p['hours']}",
+                "-" if onset is None else f"hour {onset}",
+                alarm,
+                f"{p['alarm_hours']}",
+                f"{u['observed']:+.2f} (best {u['best']:+.2f}, never alarming "
+                f"{u['inaction']:+.2f})",
+            ]
+        )
+    blocks.append(
+        Table(
+            [
+                "patient",
+                "septic",
+                "hours",
+                "clinical onset",
+                "first alarm",
+                "alarm hours",
+                "utility of its alarms",
+            ],
+            rows,
+            f"The timeline's patients (`{HOURLY}/{timeline['table']}` holds every hour)",
+        )  # fmt: skip
+    )
+    return blocks
+
+
 OPE_NAMES = (
     "IS and PDIS: importance sampling of whole stays and per decision; WIS and WPDIS: their "
     "weighted (self-normalised) versions; FQE: fitted Q evaluation; DR and WDR: doubly robust "
@@ -914,22 +1227,6 @@ def _offline_reading(results: dict) -> str:
     )
 
 
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Nested options as (dotted key, value) rows."""
     if isinstance(value, dict) and value:
@@ -952,7 +1249,9 @@ def _settings(out: Path, options: dict, data: Path | None) -> Section:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             continue
-    commit = _git_commit()
+    from sepsis_rl.common.provenance import short_commit, source_commit
+
+    commit = short_commit(source_commit())
     stages = []
     for name in STAGE_NAMES:
         record = _load_json(out / name / "stage.json")
@@ -1000,6 +1299,15 @@ def _settings(out: Path, options: dict, data: Path | None) -> Section:
                 ["classifier setting (`classify/metrics.json`)", "value"],
                 [[f"`{k}`", v] for k, v in _flatten(metrics["config"])],
                 "Effective classifier settings",
+            )
+        )
+    hourly = _load_json(out / HOURLY / "metrics.json")
+    if hourly and "config" in hourly:
+        blocks.append(
+            Table(
+                [f"hourly setting (`{HOURLY}/metrics.json`)", "value"],
+                [[f"`{k}`", v] for k, v in _flatten(hourly["config"])],
+                "Effective settings of the hourly task",
             )
         )
     config = out / RL / "config.yaml"
