@@ -335,3 +335,34 @@ def test_tune_hourly_refuses_bad_data_before_any_trial(tmp_path):
     assert result.exit_code == 2
     assert "hourly.parquet is missing" in " ".join(result.output.split())
     assert not (tmp_path / "tune").exists()
+
+
+def test_auroc_auprc_intervals_resample_patients_as_the_challenge_scores_hours():
+    """Each bootstrap draw of the hourly AUROC/AUPRC is the Challenge's figure on the resampled
+    patients' hours (a patient drawn twice counts every hour twice), ties included; the point
+    is the plain one; constant scores rank nothing."""
+    from training.classification.hourly import score_alarms
+    from training.classification.utility import hourly_auroc_auprc
+
+    rng = np.random.default_rng(3)
+    lengths = [5, 9, 3, 12, 7, 4]
+    patients = np.repeat(np.arange(len(lengths)), lengths)
+    ids = np.array([f"p{p:06d}" for p in patients])
+    labels = np.concatenate([(np.arange(n) >= n - 3) * (i % 2) for i, n in enumerate(lengths)])
+    scores = np.round(rng.uniform(0.05, 0.95, patients.size), 1)  # coarse: many ties
+    drawn = np.array([2.0, 0.0, 1.0, 1.0, 0.0, 2.0])  # how often each patient is drawn
+    weights = np.tile(drawn, (200, 1))  # every resample the same: the interval is that draw
+
+    score = score_alarms(ids, labels, scores >= 0.5, scores, weights)
+    hours = np.concatenate([np.flatnonzero(patients == p) for p in range(6)
+                            for _ in range(int(drawn[p]))])  # fmt: skip
+    expected = hourly_auroc_auprc(labels[hours], scores[hours])
+    point = hourly_auroc_auprc(labels, scores)
+    for estimate, value, plain in zip((score.auroc, score.auprc), expected, point, strict=True):
+        assert estimate.ci_low == pytest.approx(value, abs=1e-12)
+        assert estimate.ci_high == pytest.approx(value, abs=1e-12)
+        assert estimate.value == pytest.approx(plain, abs=1e-12)
+    flat = score_alarms(ids, labels, scores >= 0.5, np.full(ids.size, 0.3), weights)
+    assert flat.auroc is None and flat.auprc is None
+    unweighted = score_alarms(ids, labels, scores >= 0.5, scores)
+    assert unweighted.auroc.value == pytest.approx(point[0]) and np.isnan(unweighted.auroc.ci_low)

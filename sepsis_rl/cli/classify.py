@@ -264,8 +264,8 @@ def _print_hourly_summary(result, out: Path) -> None:
             c.oversample,
             f"{c.threshold:.4f}",
             c.test.utility.format(),
-            f"{c.test.auroc:.3f}" if c.test.auroc is not None else "-",
-            f"{c.test.auprc:.3f}" if c.test.auprc is not None else "-",
+            c.test.auroc.format() if c.test.auroc is not None else "-",
+            c.test.auprc.format() if c.test.auprc is not None else "-",
         )
     for name, score in result.rules.items():
         table.add_row(
@@ -273,8 +273,8 @@ def _print_hourly_summary(result, out: Path) -> None:
             "rule",
             "-",
             score.utility.format(),
-            f"{score.auroc:.3f}" if score.auroc is not None else "-",
-            f"{score.auprc:.3f}" if score.auprc is not None else "-",
+            score.auroc.format() if score.auroc is not None else "-",
+            score.auprc.format() if score.auprc is not None else "-",
         )
     console.print(table)
     metrics = result.metrics

@@ -63,7 +63,13 @@ from sepsis_rl.common.config_files import options_dataclass
 from sepsis_rl.common.files import check_output_folder, staged_directory, write_json_atomic
 from sepsis_rl.common.manifest import ManifestError, verify_manifest, write_manifest
 from training.classification.features import SPLITS, DataFolderError
-from training.classification.metrics import Estimate, bootstrap_weights, percentile_interval
+from training.classification.metrics import (
+    Estimate,
+    bootstrap_weights,
+    format_estimate,
+    metric_draws,
+    percentile_interval,
+)
 from training.classification.model_file import ModelFileError, _scoring_pipeline, _versions
 from training.classification.models import (
     MODEL_LABELS,
@@ -362,12 +368,13 @@ def choose_utility_threshold(patient_ids, labels, scores) -> tuple[float, float]
 
 @dataclass
 class HourlyScore:
-    """One rule or model on one set of patients: its utility (with interval when bootstrapped)
-    and the hourly AUROC/AUPRC of its scores."""
+    """One rule or model on one set of patients: its utility and the hourly AUROC/AUPRC of its
+    scores, each with a 95% interval over patients when bootstrapped (NaN bounds otherwise)."""
 
     utility: Estimate
-    auroc: float | None
-    auprc: float | None
+    auroc: Estimate | None
+    """None when the scores are constant (nothing to rank) or absent."""
+    auprc: Estimate | None
     alarm_share: float
     """Share of hours with an alarm."""
     draws: np.ndarray | None = field(default=None, repr=False)
@@ -375,8 +382,8 @@ class HourlyScore:
     def to_dict(self) -> dict[str, Any]:
         return {
             "utility": self.utility.to_dict(),
-            "auroc": self.auroc,
-            "auprc": self.auprc,
+            "auroc": None if self.auroc is None else self.auroc.to_dict(),
+            "auprc": None if self.auprc is None else self.auprc.to_dict(),
             "alarm_share": self.alarm_share,
         }
 
@@ -384,8 +391,9 @@ class HourlyScore:
 def score_alarms(
     patient_ids, labels, alarms, scores=None, weights: np.ndarray | None = None
 ) -> HourlyScore:
-    """The utility of 0/1 `alarms` (an interval when `weights` are given) and, when `scores`
-    vary, the Challenge's hourly AUROC and AUPRC of `scores`."""
+    """The utility of 0/1 `alarms` and, when `scores` vary, the Challenge's hourly AUROC and
+    AUPRC of `scores`; with `weights` (bootstrap resamples of the patients, in the order their
+    hours come) every figure gets its interval from the same resamples."""
     parts = patient_utilities(patient_ids, labels, alarms)
     gain, room = (parts.observed - parts.inaction).sum(), (parts.best - parts.inaction).sum()
     point = float(gain / room)
@@ -400,8 +408,51 @@ def score_alarms(
         # The scorer counts probabilities of exactly 0 as never positive: shift counts off 0.
         s = np.asarray(scores, dtype=float)
         s = (s - s.min()) / np.ptp(s) * 0.98 + 0.01
-        auroc, auprc = hourly_auroc_auprc(labels, s)
+        points = hourly_auroc_auprc(labels, s)
+        if weights is None:
+            auroc, auprc = (Estimate(v, np.nan, np.nan) for v in points)
+        else:
+            patients = pd.factorize(np.asarray(patient_ids))[0]  # the order of the weights
+            ranked = ranking_intervals(patients, labels, s, weights)
+            auroc, auprc = (
+                Estimate(v, *ranked[name])
+                for v, name in zip(points, ("auroc", "auprc"), strict=True)
+            )
     return HourlyScore(estimate, auroc, auprc, float(np.mean(alarms)), draws)
+
+
+RESAMPLES_PER_CHUNK = 16
+"""Bootstrap resamples scored at once for the AUROC/AUPRC intervals: each holds a weight per
+test hour, so a chunk of the full cohort's 230,000 test hours takes about 30 MB per array."""
+
+
+def ranking_intervals(
+    patients: np.ndarray, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray
+) -> dict[str, tuple[float, float, float]]:
+    """`{"auroc": (low, high, undefined share), "auprc": ...}`: 95% percentile intervals of the
+    hourly AUROC and AUPRC of non-constant `scores` over the patient resamples `weights` (one row
+    per resample, one column per patient; `patients` is each hour's column).
+
+    For scores that are not constant, the Challenge's `compute_auc` (`hourly_auroc_auprc`)
+    equals ROC-AUC with ties counted one half and average precision (its docstring):
+    `metric_draws` computes both for every resample at once, each hour weighted by how often
+    its patient was drawn."""
+    names = {"auroc": "roc_auc", "auprc": "pr_auc"}
+    s = np.asarray(scores, dtype=float)
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, weights.shape[0], RESAMPLES_PER_CHUNK):
+        # metric_draws also scores alarms at a threshold; only its ranking scores are kept.
+        chunk = metric_draws(
+            labels, s, 0.5, weights[start : start + RESAMPLES_PER_CHUNK][:, patients]
+        )
+        for name, metric in names.items():
+            draws[name].append(chunk[metric])
+    out = {}
+    for name in names:
+        values = np.concatenate(draws[name])
+        undefined = 1.0 - np.isfinite(values).sum() / max(values.size, 1)
+        out[name] = (*percentile_interval(values), float(undefined))
+    return out
 
 
 def paired_utility_difference(a: HourlyScore, b: HourlyScore) -> Estimate:
@@ -882,6 +933,10 @@ def _metrics_document(
     }
 
 
+CSV_ESTIMATE_PARTS = (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))
+"""How an Estimate spreads over a CSV row: column suffix, attribute."""
+
+
 def comparison_frame(
     candidates: Sequence[HourlyCandidate], rules: Mapping[str, HourlyScore]
 ) -> pd.DataFrame:
@@ -898,8 +953,15 @@ def comparison_frame(
                 "utility": score.utility.value,
                 "utility_ci_low": score.utility.ci_low,
                 "utility_ci_high": score.utility.ci_high,
-                "auroc": score.auroc,
-                "auprc": score.auprc,
+                **{
+                    f"{name}{part}": None if e is None else getattr(e, attr)
+                    for name, e in (("auroc", score.auroc), ("auprc", score.auprc))
+                    for part, attr in (
+                        ("", "value"),
+                        ("_ci_low", "ci_low"),
+                        ("_ci_high", "ci_high"),
+                    )
+                },
                 "alarm_share": score.alarm_share,
             }
         )
@@ -910,13 +972,14 @@ def comparison_text(metrics: dict) -> str:
     """The run's tables in Markdown: test utility per model and rule, then the paired
     differences."""
 
-    def interval(e: Mapping[str, float | None]) -> str:
-        return f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+    def interval(e: Mapping[str, float | None] | None) -> str:
+        return "-" if e is None else format_estimate(e)
 
     out = [
         "# Hourly early warning: PhysioNet/CinC 2019 normalised utility, test patients",
         "",
-        "| model | oversampling | threshold | utility [95% CI] | AUROC | AUPRC | alarm share |",
+        "| model | oversampling | threshold | utility [95% CI] | AUROC [95% CI] | AUPRC [95% CI] "
+        "| alarm share |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in metrics["candidates"]:
@@ -932,14 +995,14 @@ def comparison_text(metrics: dict) -> str:
         )
         out.append(
             f"| {MODEL_LABELS[c['model']]}{star} | {OVERSAMPLER_LABELS[c['oversample']]} | "
-            f"{c['threshold']:.4f} | {interval(t['utility'])} | {_num(t['auroc'])} | "
-            f"{_num(t['auprc'])} | {t['alarm_share']:.3f} |"
+            f"{c['threshold']:.4f} | {interval(t['utility'])} | {interval(t['auroc'])} | "
+            f"{interval(t['auprc'])} | {t['alarm_share']:.3f} |"
         )
     for rule in metrics["rules"].values():
         t = rule["test"]
         out.append(
-            f"| {rule['label']} | - | - | {interval(t['utility'])} | {_num(t['auroc'])} | "
-            f"{_num(t['auprc'])} | {t['alarm_share']:.3f} |"
+            f"| {rule['label']} | - | - | {interval(t['utility'])} | {interval(t['auroc'])} | "
+            f"{interval(t['auprc'])} | {t['alarm_share']:.3f} |"
         )
     out += [
         "",
@@ -960,10 +1023,6 @@ def comparison_text(metrics: dict) -> str:
         for e in metrics["model_vs_best_rule"]
     ]
     return "\n".join(out) + "\n"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
 
 
 def score_psv_folder(

@@ -9,19 +9,15 @@ scored by the PhysioNet/CinC 2019 Challenge's normalised utility, beside the cli
    from that hour and the hours before it, models fitted on training patients' hours, each
    model's alarm threshold chosen on validation patients to maximise utility, the best model
    chosen on validation utility, and the test utility with 95% bootstrap intervals over patients
-   beside qSOFA, SIRS, never and always alarming, with the paired differences (oversampling,
-   model minus the best rule). Writes `metrics.json`, `comparison.csv`, `comparison.md`, `model/`.
-2. **Ranking scores with intervals.** `run_hourly` reports the hourly AUROC and AUPRC (the
-   Challenge's `compute_auc`) as points. Here every candidate's, and qSOFA's and SIRS's (their
-   criteria counts as scores), get a 95% percentile interval from the same patient resamples as
-   the utility's (`bootstrap_weights(test patients, n_boot, seed)`, patients in the order they
-   appear), so all the section's intervals rest on the same draws (`ranking_estimates`).
-3. **Timeline.** `timeline_patients` septic and as many non-septic **test** patients, drawn with
+   beside qSOFA, SIRS, never and always alarming, the hourly AUROC and AUPRC with intervals from
+   the same patient resamples, and the paired differences (oversampling, model minus the best
+   rule). Writes `metrics.json`, `comparison.csv`, `comparison.md`, `model/`.
+2. **Timeline.** `timeline_patients` septic and as many non-septic **test** patients, drawn with
    the study's seed (`rng_for(seed, TIMELINE_STREAM)`), scored hour by hour by the saved model
    (`HourlyModel.predict_hours`): `timeline.csv` (one row per hour) and `timeline.png`.
 
-Writes `section.json` (`SECTION_FILE`: the ranking intervals and each timeline patient's summary)
-last, after the figure; the report reads it and `metrics.json`.
+Writes `section.json` (`SECTION_FILE`: each timeline patient's summary) last, after the figure;
+the report reads it and `metrics.json`.
 """
 
 from __future__ import annotations
@@ -40,19 +36,15 @@ from sepsis_rl.common.config_files import OptionsError, Problem, build_options, 
 
 if TYPE_CHECKING:
     from training.classification.hourly import HourlyConfig, HourlyTable
-    from training.classification.metrics import Estimate
 
 SECTION_FILE = "section.json"
-"""Inside `hourly/`: the ranking intervals and the timeline patients (read by the report)."""
+"""Inside `hourly/`: the timeline patients (read by the report)."""
 TIMELINE_TABLE = "timeline.csv"
 """Inside `hourly/`: the timeline patients' hours, their probabilities and alarms."""
 TIMELINE_FIGURE = "timeline.png"
 """Inside `hourly/`: the timeline figure."""
 TIMELINE_STREAM = "hourly timeline"
 """The random stream (`data_prep.seeding.rng_for`) that draws the timeline patients."""
-RESAMPLES_PER_CHUNK = 16
-"""Bootstrap resamples scored at once for the AUROC/AUPRC intervals: each holds a weight per
-test hour, so a chunk of the full cohort's 230,000 test hours takes about 30 MB per array."""
 
 CHALLENGE_BEST_OFFICIAL_UTILITY = 0.36
 """Highest normalised utility on the Challenge's full hidden test set (0.360): Reyna MA et al.,
@@ -118,84 +110,16 @@ def run_hourly_section(
     """The hourly section in `folder` (see the module docstring), from the `data prepare`
     folder `prepared`. Returns what `SECTION_FILE` holds."""
     from sepsis_rl.common.files import write_json_atomic
-    from training.classification.hourly import (
-        RULES,
-        hour_probabilities,
-        load_hourly,
-        rule_criteria,
-        run_hourly,
-    )
-    from training.classification.metrics import bootstrap_weights
+    from training.classification.hourly import load_hourly, run_hourly
 
     folder = Path(folder)
     table = load_hourly(prepared)
     result = run_hourly(table, folder, config, progress)
-
-    test = table.rows("test")
-    frame = table.frame.iloc[test]
-    ids, labels = frame[PATIENT].to_numpy(), frame[LABEL].to_numpy()
-    # Each hour's features depend only on its own patient's hours: the test patients' alone
-    # are the ones run_hourly scored.
-    features = result.model.builder.transform(frame)
-    patients = pd.factorize(ids)[0]  # the order of run_hourly's bootstrap weights
-    weights = bootstrap_weights(int(patients.max()) + 1, config.n_boot, config.settings.seed)
-
-    def ranking(scores: np.ndarray) -> dict[str, dict | None]:
-        estimates = ranking_estimates(patients, labels, scores, weights)
-        return {name: None if e is None else e.to_dict() for name, e in estimates.items()}
-
     section = {
-        "n_boot": config.n_boot,
-        "seed": config.settings.seed,
-        "ranking": {
-            "candidates": [
-                {
-                    "model": c.model,
-                    "oversample": c.oversample,
-                    **ranking(hour_probabilities(c.pipeline, features)),
-                }
-                for c in result.candidates
-            ],
-            "rules": {rule: ranking(rule_criteria(features, rule)) for rule in RULES},
-        },
         "timeline": write_timeline(table, result.model, options.timeline_patients, seed, folder),
     }
     write_json_atomic(folder / SECTION_FILE, section)
     return section
-
-
-def ranking_estimates(
-    patients: np.ndarray, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray
-) -> dict[str, Estimate | None]:
-    """`{"auroc": ..., "auprc": ...}`: the hourly AUROC and AUPRC of `scores`, each with a 95%
-    percentile interval over the patient resamples `weights` (one row per resample, one column
-    per patient; `patients` is each hour's column). None when the scores are constant.
-
-    For scores that are not constant, the Challenge's `compute_auc`
-    (`training.classification.utility.hourly_auroc_auprc`) equals ROC-AUC with ties counted one
-    half and average precision (its docstring): `metric_draws` computes both for every
-    resample at once, each hour weighted by how often its patient was drawn."""
-    from training.classification.metrics import Estimate, metric_draws, percentile_interval
-
-    s = np.asarray(scores, dtype=float)
-    if np.ptp(s) == 0:
-        return {"auroc": None, "auprc": None}
-    names = {"auroc": "roc_auc", "auprc": "pr_auc"}
-    # metric_draws also scores alarms at a threshold; only its ranking scores are kept here.
-    point = metric_draws(labels, s, 0.5, np.ones((1, s.size)))
-    draws: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, weights.shape[0], RESAMPLES_PER_CHUNK):
-        chunk = metric_draws(
-            labels, s, 0.5, weights[start : start + RESAMPLES_PER_CHUNK][:, patients]
-        )
-        for name, metric in names.items():
-            draws[name].append(chunk[metric])
-    out: dict[str, Estimate | None] = {}
-    for name, metric in names.items():
-        values = np.concatenate(draws[name])
-        undefined = 1.0 - np.isfinite(values).sum() / max(values.size, 1)
-        out[name] = Estimate(float(point[metric][0]), *percentile_interval(values), undefined)
-    return out
 
 
 def timeline_patient_ids(table: HourlyTable, n: int, seed: int) -> list[str]:

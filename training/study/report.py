@@ -48,7 +48,7 @@ from training.classification.documents import (
     model_label,
     selected_against_baseline_rows,
 )
-from training.classification.hourly import RULE_ALARM_CRITERIA
+from training.classification.hourly import RULE_ALARM_CRITERIA, RULES
 from training.classification.metrics import (
     METRIC_LABELS,
     THRESHOLD_RULE_LABELS,
@@ -792,7 +792,7 @@ def _hourly(out: Path, metrics: dict, extra: dict, data: Path | None) -> Section
     rules on the test patients, how the model was chosen, the model against the best rule, the
     oversampling answer, and the timeline of a few test patients."""
     test, train = metrics["data"]["splits"]["test"], metrics["data"]["splits"]["train"]
-    rows = _hourly_rows(metrics, extra["ranking"])
+    rows = _hourly_rows(metrics)
     blocks: list = [
         Paragraph(
             "**The task.** Every hour of every stay the model says sepsis or not, from that hour "
@@ -822,8 +822,8 @@ def _hourly(out: Path, metrics: dict, extra: dict, data: Path | None) -> Section
             ],
             rows,
             "Normalised utility and hourly AUROC/AUPRC on the test patients (95% bootstrap CIs "
-            f"over patients, the same {extra['n_boot']:,} resamples for every row); qSOFA and "
-            "SIRS are ranked by their number of criteria met",
+            f"over patients, the same {metrics['config']['n_boot']:,} resamples for every row); "
+            "qSOFA and SIRS are ranked by their number of criteria met",
         ),
     ]
     if has_undefined_mark(rows):
@@ -869,36 +869,33 @@ def _challenge_caveat(data: Path | None) -> str:
     )
 
 
-def _hourly_rows(metrics: dict, ranking: dict) -> list[list[str]]:
+def _hourly_rows(metrics: dict) -> list[list[str]]:
     """model or rule | oversampling | threshold | validation utility | test utility | AUROC |
     AUPRC | alarm share; the selected model marked."""
 
-    def scores(test: dict, ranked: dict | None) -> list[str]:
-        ranked = ranked or {}
+    def scores(test: dict) -> list[str]:
         return [
             format_estimate(test["utility"]),
-            format_estimate(ranked["auroc"]) if ranked.get("auroc") else "n/a (no ranking)",
-            format_estimate(ranked["auprc"]) if ranked.get("auprc") else "n/a (no ranking)",
+            format_estimate(test["auroc"]) if test.get("auroc") else "n/a (no ranking)",
+            format_estimate(test["auprc"]) if test.get("auprc") else "n/a (no ranking)",
             f"{test['alarm_share']:.1%}",
         ]
 
     best = metrics["best"]
-    ranked = {(r["model"], r["oversample"]): r for r in ranking["candidates"]}
     rows = []
     for c in metrics["candidates"]:
-        key = (c["model"], c["oversample"])
-        selected = key == (best["model"], best["oversample"])
+        selected = (c["model"], c["oversample"]) == (best["model"], best["oversample"])
         name = MODEL_LABELS[c["model"]] + (" **(selected)**" if selected else "")
         rows.append(
             [name, c["oversample"], f"{c['threshold']:.3f}", f"{c['validation_utility']:.3f}"]
-            + scores(c["test"], ranked.get(key))
+            + scores(c["test"])
         )
     for name, rule in metrics["rules"].items():
         tuned = rule["validation_utility"]
-        criteria = f">= {RULE_ALARM_CRITERIA} criteria" if name in ranking["rules"] else "-"
+        criteria = f">= {RULE_ALARM_CRITERIA} criteria" if name in RULES else "-"
         rows.append(
             [rule["label"], "-", criteria, "-" if tuned is None else f"{tuned:.3f}"]
-            + scores(rule["test"], ranking["rules"].get(name))
+            + scores(rule["test"])
         )
     return rows
 
