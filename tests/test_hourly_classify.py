@@ -324,6 +324,9 @@ def test_tune_hourly_maximises_validation_utility_and_refits_once(prepared_dir, 
     assert metrics["task"] == "hourly"
     assert metrics["best"]["model"] == "logreg"
     assert metrics["config"]["settings"]["logreg_c"] == pytest.approx(best["params"]["logreg_c"])
+    analyzed = CliRunner().invoke(app, ["analyze", str(storage / "h")])
+    assert analyzed.exit_code == 2  # analyze reads Ray Tune searches; this one is ranked already
+    assert "--task hourly" in analyzed.output and "trials.csv" in analyzed.output
 
 
 def test_tune_hourly_refuses_bad_data_before_any_trial(tmp_path):

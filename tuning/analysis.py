@@ -113,6 +113,12 @@ def load_analysis(folder: str | Path) -> Analysis:
     if not folder.is_dir():
         raise AnalysisError(f"{folder} is not a folder")
     search_file = folder / SEARCH_FILE
+    if not search_file.is_file() and _is_hourly_search(folder):
+        raise AnalysisError(
+            f"{folder} is a `tune classifiers --task hourly` search (in-process, not Ray Tune): "
+            f"it is ranked already, every trial in {folder / 'trials.csv'} and the best in "
+            f"{folder / 'best.json'}; `sepsis-rl analyze` reads the Ray Tune searches"
+        )
     if not search_file.is_file():
         candidates = sorted(p.parent.name for p in folder.glob(f"*/{SEARCH_FILE}"))
         hint = f"; did you mean one of: {', '.join(candidates)}" if candidates else ""
@@ -363,6 +369,13 @@ def seed_groups(analysis: Analysis) -> dict[str, list[Trial]]:
 
 
 # -- the best configuration as a config file -------------------------------------------------------
+
+
+def _is_hourly_search(folder: Path) -> bool:
+    """Whether `folder` holds what `tuning.hourly_search.run_hourly_search` writes."""
+    from tuning.hourly_search import BEST_FILE, TRIALS_FILE
+
+    return (folder / TRIALS_FILE).is_file() and (folder / BEST_FILE).is_file()
 
 
 def export_best_config(analysis: Analysis, path: Path) -> Path:

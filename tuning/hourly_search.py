@@ -57,6 +57,8 @@ from training.classification.models import ClassifierSettings
 from tuning.classifier_search import default_point_within, settings_of
 from tuning.spaces import CLASSIFIER_SPACE, restrict, suggest
 
+TRIALS_FILE, BEST_FILE = "trials.csv", "best.json"
+"""What a search writes into its folder: one row per trial; the best trial and the search."""
 HOURLY_TUNE_METRIC = "val_utility"
 """What a trial reports: the validation normalised utility at its own threshold (maximised)."""
 Names = Field(strict=False, min_length=1)
@@ -191,8 +193,8 @@ def run_hourly_search(search: HourlySearch, table: HourlyTable | None = None) ->
         "default": search.default_point(),
     }
     with staged_directory(search.folder) as stage:
-        frame.to_csv(stage / "trials.csv", index=False)
-        write_json_atomic(stage / "best.json", record)
+        frame.to_csv(stage / TRIALS_FILE, index=False)
+        write_json_atomic(stage / BEST_FILE, record)
     return frame
 
 
@@ -204,7 +206,7 @@ def _plain(value: Any) -> Any:
 def refit_best_hourly(search: HourlySearch, out: Path | None = None) -> dict[str, Any]:
     """Refit the best configuration of `best.json` by `run_hourly` into `out` (default
     `search.folder / "final"`): the one touch of test patients. Returns its metrics."""
-    record = json.loads((search.folder / "best.json").read_text())
+    record = json.loads((search.folder / BEST_FILE).read_text())
     config = record["best"]["config"]
     hourly = HourlyConfig(
         models=(config["model"],),
