@@ -111,7 +111,8 @@ def serve_cmd(
             previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
                 err_console.print(
-                    f"starting {replicas} replica(s) of {checkpoint} ({ingress.value} ingress) ...",
+                    f"starting {replicas} replica(s) of {checkpoint} "
+                    f"({'the cluster' if cluster else ingress.value + ' ingress'}) ...",
                     highlight=False,
                 )
                 try:
