@@ -502,8 +502,14 @@ RAY_GRPC_ON_EVERY_INTERFACE = "ServeReplica"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ingress", ["haproxy", "proxy"])
-def test_the_command_serves_through_either_ingress_on_loopback_only(checkpoint, ingress):
+@pytest.mark.parametrize(
+    ("ingress", "stop", "code"), [("haproxy", "SIGINT", 130), ("proxy", "SIGTERM", 0)]
+)
+def test_the_command_serves_through_either_ingress_on_loopback_only(
+    checkpoint, ingress, stop, code
+):
+    """Started as a user starts it, from a process that ignores SIGINT as a shell's background
+    job does; Ctrl-C (SIGINT) and SIGTERM both stop it whole."""
     import signal
     import subprocess
     import sys
@@ -515,6 +521,7 @@ def test_the_command_serves_through_either_ingress_on_loopback_only(checkpoint, 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -539,9 +546,9 @@ def test_the_command_serves_through_either_ingress_on_loopback_only(checkpoint, 
                 )
     finally:
         tree = _descendants(server.pid)
-        server.send_signal(signal.SIGTERM)
+        server.send_signal(getattr(signal, stop))
         output, _ = server.communicate(timeout=120)
-    assert server.returncode == 0, output
+    assert server.returncode == code, output
     assert "serving" in output and f"{url}/" in output.replace("\n", ""), output
     deadline = time.monotonic() + 30  # Ray's workers end a moment after ray.shutdown
     alive = lambda: {p for p in tree if Path(f"/proc/{p}").exists()}  # noqa: E731

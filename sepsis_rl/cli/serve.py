@@ -21,6 +21,8 @@ import typer
 from sepsis_rl.cli.console import EXIT_INTERRUPTED, console, err_console, fail
 
 LOOPBACK = "127.0.0.1"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""What stops the server (Serve and Ray shut down first)."""
 
 
 class Ingress(StrEnum):
@@ -89,6 +91,7 @@ def serve_cmd(
     from sepsis_rl.serve.ingress import local_serve, wait_until_ready
 
     url = f"http://{host}:{port}"
+    stopped_by: list[int] = []
     try:
         # RAY_ADDRESS: join that cluster; else a local Ray on loopback, with the ingress's
         # environment set before it starts.
@@ -104,11 +107,17 @@ def serve_cmd(
                 _check_replicas(
                     replicas, REPLICA_CPUS, ray.cluster_resources().get("CPU", 0), "the cluster's"
                 )
-            # After ray.init, which installs its own SIGTERM handler (log and die): a SIGTERM,
-            # like Ctrl-C, must end in serve.shutdown and ray.shutdown, or Ray's agents outlive
-            # the server.
+            # After ray.init, which installs its own SIGTERM handler (log and die): SIGTERM and
+            # Ctrl-C (SIGINT, handled here too: a shell that starts the command in the
+            # background leaves SIGINT ignored, and Python then raises no KeyboardInterrupt)
+            # must end in serve.shutdown and ray.shutdown, or Ray's agents outlive the server.
             stop = threading.Event()
-            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+            def request_stop(signum: int, _frame) -> None:
+                stopped_by.append(signum)
+                stop.set()
+
+            previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
             try:
                 err_console.print(
                     f"starting {replicas} replica(s) of {checkpoint} "
@@ -128,13 +137,17 @@ def serve_cmd(
                 console.print("Ctrl-C stops the server", style="dim")
                 while not stop.wait(1.0):
                     pass
+                err_console.print("stopping", highlight=False)
             finally:
-                signal.signal(signal.SIGTERM, previous)
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
     except (ConnectionError, FileNotFoundError) as err:
         raise fail(str(err)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before the handlers above were installed
         err_console.print("stopping", highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if stopped_by and stopped_by[0] == signal.SIGINT:
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _check_replicas(replicas: int, each: float, cpus: float, whose: str) -> None:
