@@ -58,6 +58,13 @@ PORT_BLOCK_LOW, PORT_BLOCK_HIGH = 20_000, 30_000
 """Where replica port blocks are chosen: above Ray's worker ports (10002-19999), below Linux's
 ephemeral ports (32768 and up)."""
 
+PROXY_HEALTH_CHECK_PERIOD_S = 30.0
+"""Seconds between Serve's health checks of HAProxy's manager and the fallback proxy (Ray's
+default 10 s). Three failures in a row restart them, and while HAProxy reloads (each time a
+replica or the fallback proxy comes up) its admin socket can fail a check: on 2 busy cores the
+start-up reloads took long enough for three checks 10 s apart to fail, and Serve then killed
+the ingress it was starting (seen with a CTGAN fit using both cores)."""
+
 READY_TIMEOUT_S = 120.0
 """Longest wait, after `serve.run` returns, for the server's URL to answer `/v1/health` (HAProxy
 learns the routes a moment after the replicas are up)."""
@@ -97,6 +104,7 @@ INGRESS_VARIABLES = (
     "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
     "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S",
 )
 """The environment `haproxy_environment` sets; a local server through `proxy` has none of it."""
 
@@ -166,6 +174,7 @@ def haproxy_environment(folder: Path, binary: str) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + REPLICA_PORTS - 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAINING_PERIOD_S),
         "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": str(DRAINING_PERIOD_S),
+        "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(PROXY_HEALTH_CHECK_PERIOD_S),
     }
 
 
