@@ -27,11 +27,11 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    field_validator,
     model_validator,
 )
 
@@ -59,6 +59,16 @@ TunableMetric = Literal[tuple(CLASSIFIER_METRICS)]
 """The metrics a classifier search can optimise (`tuning.spaces.CLASSIFIER_METRICS`)."""
 Names = Field(strict=False, min_length=1)
 """A non-empty tuple of names; a list is accepted for it."""
+
+
+def _fixed_settings_valid(fixed: dict[str, Any]) -> dict[str, Any]:
+    build_options(ClassifierSettings, fixed)  # raises OptionsError naming the bad field
+    return fixed
+
+
+FixedSettings = Annotated[dict[str, Any], AfterValidator(_fixed_settings_valid)]
+"""A search's `fixed` option: `ClassifierSettings` fields held fixed in every trial, checked as
+`ClassifierSettings` checks them."""
 
 
 def default_point_within(models, oversample) -> dict[str, Any] | None:
@@ -104,14 +114,8 @@ class ClassifierSearch:
     """CPUs Tune reserves per trial; concurrency is the cluster's CPUs divided by this."""
     max_concurrent: PositiveInt | None = None
     """Trials at once (None: as many as the cluster's CPUs hold)."""
-    fixed: dict[str, Any] = field(default_factory=dict)
+    fixed: FixedSettings = field(default_factory=dict)
     """`ClassifierSettings` fields held fixed in every trial (e.g. ctgan_batch_size)."""
-
-    @field_validator("fixed")
-    @classmethod
-    def _fixed_settings_valid(cls, fixed: dict[str, Any]) -> dict[str, Any]:
-        build_options(ClassifierSettings, fixed)
-        return fixed
 
     @model_validator(mode="after")
     def _repeats_need_fifo(self) -> ClassifierSearch:

@@ -33,10 +33,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from data_prep.schema import LABEL, PATIENT
-from sepsis_rl.common.config_files import build_options, options_dataclass
+from sepsis_rl.common.config_files import options_dataclass
 from sepsis_rl.common.files import staged_directory, write_json_atomic
 from training.classification.hourly import (
     DEFAULT_HOURLY_OVERSAMPLE,
@@ -53,8 +53,7 @@ from training.classification.hourly import (
     run_hourly,
     training_rows,
 )
-from training.classification.models import ClassifierSettings
-from tuning.classifier_search import default_point_within, settings_of
+from tuning.classifier_search import FixedSettings, default_point_within, settings_of
 from tuning.spaces import CLASSIFIER_SPACE, restrict, suggest
 
 TRIALS_FILE, BEST_FILE = "trials.csv", "best.json"
@@ -88,14 +87,8 @@ class HourlySearch:
     """Local folder that holds the experiment."""
     name: Annotated[str, Field(min_length=1)] = "hourly"
     """Experiment folder name under `storage`."""
-    fixed: dict[str, Any] = field(default_factory=dict)
+    fixed: FixedSettings = field(default_factory=dict)
     """`ClassifierSettings` fields held fixed in every trial (e.g. ctgan_epochs)."""
-
-    @field_validator("fixed")
-    @classmethod
-    def _fixed_settings_valid(cls, fixed: dict[str, Any]) -> dict[str, Any]:
-        build_options(ClassifierSettings, fixed)
-        return fixed
 
     def space(self) -> dict[str, Any]:
         return restrict(CLASSIFIER_SPACE, model=self.models, oversample=self.oversample)

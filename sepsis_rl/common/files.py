@@ -34,7 +34,8 @@ def staged_directory(out: Path) -> Iterator[Path]:
     `out` must be a folder or not exist (`check_output_folder`); this is checked before the
     caller's work starts. On any exception (KeyboardInterrupt included), in the caller's work or
     in the final move, the staging folder is removed and no `.partial` folder is left behind.
-    Entries are moved with `os.replace`, so each lands whole.
+    Entries are moved with `os.replace`, so each lands whole; a new `out` appears whole, in one
+    rename of the staging folder (tens of thousands of files need not be moved one by one).
     """
     out = Path(out)
     check_output_folder(out)
@@ -43,6 +44,10 @@ def staged_directory(out: Path) -> Iterator[Path]:
     try:
         yield stage
         check_output_folder(out)  # it may have appeared while the work ran
+        if not out.exists():
+            stage.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; a new folder is not
+            os.replace(stage, out)
+            return
         out.mkdir(exist_ok=True)
         for entry in sorted(stage.iterdir()):
             target = out / entry.name
@@ -51,6 +56,13 @@ def staged_directory(out: Path) -> Iterator[Path]:
             os.replace(entry, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    """This process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:

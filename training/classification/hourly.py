@@ -36,8 +36,6 @@ the features; a criterion whose variable was never measured in the stay is not m
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +58,7 @@ from data_prep.prepare import SPLIT_FILE as PREPARED_SPLIT_FILE
 from data_prep.schema import HEADER, LABEL, PATIENT, TIME
 from data_prep.split import read_split
 from sepsis_rl.common.config_files import options_dataclass
-from sepsis_rl.common.files import check_output_folder, staged_directory, write_json_atomic
+from sepsis_rl.common.files import staged_directory, write_json_atomic
 from sepsis_rl.common.manifest import ManifestError, verify_manifest, write_manifest
 from training.classification.features import SPLITS, DataFolderError
 from training.classification.metrics import (
@@ -675,7 +673,7 @@ def challenge_prediction_files(folder: Path) -> Iterator[ChallengePredictionFile
     """`ChallengePredictionFiles` to `add` predictions to; when the block ends without error,
     every file lands in `folder` (a new folder appears whole, in one rename; into an existing
     folder each file is moved in whole); on any error none does."""
-    with _prediction_stage(Path(folder)) as stage:
+    with staged_directory(Path(folder)) as stage:
         folder_fd = os.open(stage, os.O_RDONLY)
         pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="prediction-files")
         files = ChallengePredictionFiles(folder_fd, pool)
@@ -685,23 +683,6 @@ def challenge_prediction_files(folder: Path) -> Iterator[ChallengePredictionFile
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             os.close(folder_fd)
-
-
-@contextmanager
-def _prediction_stage(folder: Path) -> Iterator[Path]:
-    """A staging folder whose files land in `folder` when the block ends without error."""
-    if folder.exists():
-        with staged_directory(folder) as stage:
-            yield stage
-        return
-    check_output_folder(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
-        yield stage
-        os.replace(stage, folder)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 # --- The run -----------------------------------------------------------------------------------
